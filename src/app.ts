@@ -1,0 +1,64 @@
+import { Elysia } from "elysia";
+import type { Gateway } from "./gateway.ts";
+import { handleHealth } from "./health.ts";
+import { handleIngest } from "./ingest.ts";
+import { handleMetrics, INGEST_ROUTES, methodLabel, routeLabel } from "./metrics.ts";
+import { problem } from "./problem.ts";
+
+/** Methods each route answers; any other method gets 405 with this as `Allow`. */
+const ALLOW: Record<string, string> = {
+  "/v1/events/payment_exhaust": "POST",
+  "/v1/events/batch": "POST",
+  "/health": "GET, HEAD",
+  "/metrics": "GET, HEAD",
+};
+
+/** The HTTP routes, and a fetch handler that records the RED metrics of every response. */
+export function createFetchHandler(gw: Gateway): (request: Request) => Promise<Response> {
+  const app = new Elysia()
+    .onError(({ code, request, error }) => {
+      if (code === "NOT_FOUND") return notFound(request);
+      gw.logger.error({ err: error instanceof Error ? error.message : String(error), code }, "request failed");
+      return problem(500, "internal_error", "the request could not be handled");
+    })
+    .get("/health", () => handleHealth(gw))
+    .get("/metrics", ({ request }) => handleMetrics(gw.metrics, gw.config, request));
+  for (const route of INGEST_ROUTES) {
+    // parse: "none": the body is read only after authentication, with the size limit in force.
+    app.post(route, ({ request }) => handleIngest(gw, request, route), { parse: "none" });
+  }
+
+  const { metrics } = gw;
+  return async (request) => {
+    const started = performance.now();
+    metrics.inFlight.inc();
+    let status = 500;
+    try {
+      const response = await app.fetch(request);
+      status = response.status;
+      return response;
+    } finally {
+      metrics.inFlight.dec();
+      const method = methodLabel(request.method);
+      const route = routeLabel(pathOf(request.url));
+      metrics.httpRequests.inc({ method, route, status: String(status) });
+      metrics.httpDuration.observe({ method, route }, (performance.now() - started) / 1000);
+    }
+  };
+}
+
+function notFound(request: Request): Response {
+  const allow = ALLOW[pathOf(request.url)];
+  if (allow !== undefined) {
+    return problem(405, "method_not_allowed", `${request.method} is not allowed here; use ${allow}`, {}, { allow });
+  }
+  return problem(404, "not_found", "no such route");
+}
+
+/** Path of a URL without allocating a URL object. */
+function pathOf(url: string): string {
+  const start = url.indexOf("/", url.indexOf("//") + 2);
+  if (start < 0) return "/";
+  const q = url.indexOf("?", start);
+  return q < 0 ? url.slice(start) : url.slice(start, q);
+}

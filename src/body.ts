@@ -1,0 +1,37 @@
+/**
+ * Reads a request body up to `limit` bytes, on any runtime: a declared
+ * Content-Length over the limit is refused before reading anything, and a
+ * streamed body is abandoned as soon as it passes the limit.
+ */
+export type BodyResult = { ok: true; bytes: Uint8Array } | { ok: false; tooLarge: true };
+
+export async function readBody(request: Request, limit: number): Promise<BodyResult> {
+  const declared = request.headers.get("content-length");
+  if (declared !== null) {
+    const n = Number(declared);
+    if (n > limit) return { ok: false, tooLarge: true };
+    if (Number.isSafeInteger(n)) return { ok: true, bytes: new Uint8Array(await request.arrayBuffer()) };
+  }
+  if (request.body === null) return { ok: true, bytes: new Uint8Array(0) };
+  const reader = request.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    total += value.byteLength;
+    if (total > limit) {
+      await reader.cancel().catch(() => {});
+      return { ok: false, tooLarge: true };
+    }
+    chunks.push(value);
+  }
+  if (chunks.length === 1) return { ok: true, bytes: chunks[0]! };
+  const bytes = new Uint8Array(total);
+  let offset = 0;
+  for (const c of chunks) {
+    bytes.set(c, offset);
+    offset += c.byteLength;
+  }
+  return { ok: true, bytes };
+}

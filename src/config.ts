@@ -1,0 +1,236 @@
+import { readFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { KeyRing, keyDigest } from "./auth.ts";
+import { parseEnvFile } from "./env-file.ts";
+
+/**
+ * Every variable the service reads, with its default and meaning. The README,
+ * systemd/payflux.env.example and this table must name the same variables (a
+ * test compares them).
+ */
+export const VARIABLES = {
+  PAYFLUX_CONFIG: { default: "", help: "env file to load (systemd EnvironmentFile syntax); its values win over the environment" },
+  PAYFLUX_API_KEYS: { default: "", help: "allowed API keys, comma-separated (spaces trimmed)" },
+  PAYFLUX_API_KEY: { default: "", help: "one more allowed key; the allowlist is the union with PAYFLUX_API_KEYS" },
+  PAYFLUX_REVOKED_KEYS: { default: "", help: "revoked keys, comma-separated; revocation wins over the allowlist" },
+  PAYFLUX_INGEST_RPS: { default: "100", help: "token-bucket refill rate per key, requests per second" },
+  PAYFLUX_INGEST_BURST: { default: "500", help: "token-bucket capacity per key, requests" },
+  PAYFLUX_HOST: { default: "0.0.0.0", help: "listen address" },
+  PAYFLUX_PORT: { default: "8080", help: "listen port (0 picks a free one)" },
+  PAYFLUX_DATA_DIR: { default: "./data", help: "directory of the event log" },
+  PAYFLUX_LOG_LEVEL: { default: "info", help: "fatal, error, warn, info, debug, trace or silent" },
+  PAYFLUX_MAX_BODY_BYTES: { default: "1048576", help: "largest request body accepted, bytes" },
+  PAYFLUX_MAX_BATCH: { default: "1000", help: "most events in one batch request" },
+  PAYFLUX_DEDUP_WINDOW: { default: "24h", help: "how long an event_id is remembered for duplicate detection" },
+  PAYFLUX_METRICS_ENABLED: { default: "true", help: "serve /metrics (false: 404)" },
+  PAYFLUX_METRICS_TOKEN: { default: "", help: "if set, /metrics requires Authorization: Bearer <token>" },
+} as const;
+
+export type VariableName = keyof typeof VARIABLES;
+
+export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/** Keys shorter than this start the service, with a warning. */
+export const MIN_RECOMMENDED_KEY_LENGTH = 16;
+/** Upper bound for PAYFLUX_MAX_BODY_BYTES; the HTTP server's own hard limit sits just above it. */
+export const MAX_BODY_CEILING = 64 * 1024 * 1024;
+
+export interface Config {
+  keys: KeyRing;
+  ingestRps: number;
+  ingestBurst: number;
+  host: string;
+  port: number;
+  dataDir: string;
+  logLevel: LogLevel;
+  maxBodyBytes: number;
+  maxBatch: number;
+  dedupWindowMs: number;
+  metricsEnabled: boolean;
+  /** SHA-256 of PAYFLUX_METRICS_TOKEN, or null when /metrics is open. */
+  metricsTokenDigest: string | null;
+  /** "environment" or the env file's path. */
+  source: string;
+  /** 12 hex characters that change whenever the effective config changes. */
+  fingerprint: string;
+  warnings: string[];
+}
+
+export type LoadResult =
+  | { ok: true; config: Config }
+  | { ok: false; errors: string[]; warnings: string[] };
+
+type Env = Record<string, string | undefined>;
+
+/**
+ * Reads the environment, then the env file (`configFile`, else PAYFLUX_CONFIG)
+ * whose values win, and validates everything. Every problem is reported, none
+ * of them quotes a value that could be a secret. Start-up, `check-config` and
+ * SIGHUP reloads all go through here.
+ */
+export function loadConfig(env: Env, configFile?: string): LoadResult {
+  const errors: string[] = [];
+  const warnings: string[] = [];
+  const file = configFile ?? (env.PAYFLUX_CONFIG || undefined);
+  let merged: Env = { ...env };
+  if (file !== undefined) {
+    let text: string | null = null;
+    try {
+      text = readFileSync(file, "utf8");
+    } catch (err) {
+      errors.push(`cannot read config file ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+    }
+    if (text !== null) {
+      const parsed = parseEnvFile(text, file);
+      errors.push(...parsed.errors);
+      merged = { ...merged, ...parsed.values };
+    }
+  }
+
+  for (const name of Object.keys(merged)) {
+    if (name.startsWith("PAYFLUX_") && !(name in VARIABLES)) {
+      warnings.push(`unknown variable ${name} is ignored${suggest(name)}`);
+    }
+  }
+
+  const get = (name: VariableName): string => {
+    const v = merged[name];
+    return v === undefined || v.trim() === "" ? VARIABLES[name].default : v.trim();
+  };
+
+  const allowed = [...keyList("PAYFLUX_API_KEYS", get("PAYFLUX_API_KEYS"), errors, warnings), ...keyList("PAYFLUX_API_KEY", get("PAYFLUX_API_KEY"), errors, warnings)];
+  const revoked = keyList("PAYFLUX_REVOKED_KEYS", get("PAYFLUX_REVOKED_KEYS"), errors, []);
+  const keys = new KeyRing(allowed.map(keyDigest), revoked.map(keyDigest));
+  if (allowed.length === 0 && errors.length === 0) {
+    errors.push(
+      "no API key is configured, so every request would be refused: set PAYFLUX_API_KEYS=<key>[,<key>...] " +
+        "(generate one with `payflux keygen` or `openssl rand -hex 32`)",
+    );
+  } else if (allowed.length > 0 && keys.activeCount === 0) {
+    warnings.push("every allowed key is also revoked: all ingest requests will be refused with revoked_key");
+  }
+
+  const ingestRps = number("PAYFLUX_INGEST_RPS", get("PAYFLUX_INGEST_RPS"), { min: 0.001, max: 1_000_000 }, errors);
+  const ingestBurst = integer("PAYFLUX_INGEST_BURST", get("PAYFLUX_INGEST_BURST"), { min: 1, max: 10_000_000 }, errors);
+  const host = get("PAYFLUX_HOST");
+  if (!/^[A-Za-z0-9.:\-\[\]_%]+$/.test(host)) errors.push(`PAYFLUX_HOST must be an IP address or host name`);
+  const port = integer("PAYFLUX_PORT", get("PAYFLUX_PORT"), { min: 0, max: 65535 }, errors);
+  const dataDir = get("PAYFLUX_DATA_DIR");
+  const logLevel = get("PAYFLUX_LOG_LEVEL").toLowerCase() as LogLevel;
+  if (!LOG_LEVELS.includes(logLevel)) errors.push(`PAYFLUX_LOG_LEVEL must be one of ${LOG_LEVELS.join(", ")}`);
+  const maxBodyBytes = integer("PAYFLUX_MAX_BODY_BYTES", get("PAYFLUX_MAX_BODY_BYTES"), { min: 1024, max: MAX_BODY_CEILING }, errors);
+  const maxBatch = integer("PAYFLUX_MAX_BATCH", get("PAYFLUX_MAX_BATCH"), { min: 1, max: 100_000 }, errors);
+  const dedupWindowMs = duration("PAYFLUX_DEDUP_WINDOW", get("PAYFLUX_DEDUP_WINDOW"), { minMs: 1000, maxMs: 30 * 86_400_000 }, errors);
+  const metricsEnabled = boolean("PAYFLUX_METRICS_ENABLED", get("PAYFLUX_METRICS_ENABLED"), errors);
+  const metricsToken = get("PAYFLUX_METRICS_TOKEN");
+  if (metricsToken !== "" && metricsToken.length < MIN_RECOMMENDED_KEY_LENGTH) {
+    warnings.push(`PAYFLUX_METRICS_TOKEN is shorter than ${MIN_RECOMMENDED_KEY_LENGTH} characters`);
+  }
+  if (/[\s,]/.test(metricsToken)) errors.push("PAYFLUX_METRICS_TOKEN must not contain spaces or commas");
+
+  if (errors.length > 0) return { ok: false, errors, warnings };
+
+  const metricsTokenDigest = metricsToken === "" ? null : keyDigest(metricsToken);
+  const config: Config = {
+    keys, ingestRps, ingestBurst, host, port, dataDir, logLevel, maxBodyBytes, maxBatch, dedupWindowMs,
+    metricsEnabled, metricsTokenDigest, source: file ?? "environment", fingerprint: "", warnings,
+  };
+  config.fingerprint = fingerprintOf(config);
+  return { ok: true, config };
+}
+
+/** 12 hex characters over every effective setting (keys as digests), the same on every instance. */
+export function fingerprintOf(c: Config): string {
+  const { keys, source: _source, fingerprint: _fingerprint, warnings: _warnings, ...settings } = c;
+  const effective = { active: keys.activeDigests().sort(), revoked: keys.revokedDigests().sort(), ...settings };
+  return createHash("sha256").update(JSON.stringify(effective)).digest("hex").slice(0, 12);
+}
+
+/** Splits a comma-separated key list; problems name the variable and the entry's position, never the key. */
+function keyList(name: string, raw: string, errors: string[], warnings: string[]): string[] {
+  if (raw === "") return [];
+  const keys: string[] = [];
+  raw.split(",").forEach((part, i) => {
+    const key = part.trim();
+    if (key === "") return;
+    if (!/^[\x21-\x7e]+$/.test(key)) {
+      errors.push(`${name} entry ${i + 1} contains spaces or non-printable characters; keys must be printable ASCII`);
+      return;
+    }
+    if (key.length < MIN_RECOMMENDED_KEY_LENGTH) {
+      warnings.push(`${name} entry ${i + 1} is shorter than ${MIN_RECOMMENDED_KEY_LENGTH} characters; use \`payflux keygen\` for a strong key`);
+    }
+    keys.push(key);
+  });
+  return keys;
+}
+
+function number(name: string, raw: string, range: { min: number; max: number }, errors: string[]): number {
+  const n = /^\d+(\.\d+)?$/.test(raw) ? Number(raw) : NaN;
+  if (!(n >= range.min && n <= range.max)) {
+    errors.push(`${name} must be a number from ${range.min} to ${range.max}, got "${raw.slice(0, 32)}"`);
+    return NaN;
+  }
+  return n;
+}
+
+function integer(name: string, raw: string, range: { min: number; max: number }, errors: string[]): number {
+  const n = /^\d+$/.test(raw) ? Number(raw) : NaN;
+  if (!(n >= range.min && n <= range.max)) {
+    errors.push(`${name} must be a whole number from ${range.min} to ${range.max}, got "${raw.slice(0, 32)}"`);
+    return NaN;
+  }
+  return n;
+}
+
+const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** Parses durations such as `24h`, `90s`, `1h30m`, `7d`. */
+export function parseDuration(raw: string): number | null {
+  if (!/^(\d+(\.\d+)?(ms|s|m|h|d))+$/.test(raw)) return null;
+  let total = 0;
+  for (const m of raw.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h|d)/g)) total += Number(m[1]) * UNIT_MS[m[2]!]!;
+  return total;
+}
+
+function duration(name: string, raw: string, range: { minMs: number; maxMs: number }, errors: string[]): number {
+  const ms = parseDuration(raw);
+  if (ms === null || ms < range.minMs || ms > range.maxMs) {
+    errors.push(`${name} must be a duration from 1s to 30d such as 90s, 15m, 24h or 7d, got "${raw.slice(0, 32)}"`);
+    return NaN;
+  }
+  return ms;
+}
+
+function boolean(name: string, raw: string, errors: string[]): boolean {
+  const v = raw.toLowerCase();
+  if (["true", "1", "yes", "on"].includes(v)) return true;
+  if (["false", "0", "no", "off"].includes(v)) return false;
+  errors.push(`${name} must be true or false, got "${raw.slice(0, 32)}"`);
+  return false;
+}
+
+/** Names the old docs used, and near-misses, mapped to the variable meant. */
+function suggest(name: string): string {
+  const aliases: Record<string, string> = {
+    PAYFLUX_RATELIMIT_RPS: "PAYFLUX_INGEST_RPS",
+    PAYFLUX_RATELIMIT_BURST: "PAYFLUX_INGEST_BURST",
+  };
+  const meant = aliases[name] ?? Object.keys(VARIABLES).find((v) => editDistance(v, name) <= 2);
+  return meant ? ` (did you mean ${meant}?)` : "";
+}
+
+function editDistance(a: string, b: string): number {
+  const row = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    let prev = row[0]!;
+    row[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const cur = row[j]!;
+      row[j] = Math.min(row[j]! + 1, row[j - 1]! + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
+      prev = cur;
+    }
+  }
+  return row[b.length]!;
+}

@@ -1,0 +1,104 @@
+/**
+ * Remembers event ids for the dedup window. An id counts as seen only once
+ * its event is durable (`commit`); while a request is writing it, the id is
+ * "in flight" and a concurrent request with the same id waits for the outcome
+ * instead of guessing. A failed write (`release`) leaves the id unseen, so the
+ * client's retry is stored: the old service lost events exactly there.
+ */
+export interface Claim {
+  /** owned[i]: this request must store ids[i]; otherwise it is a duplicate. */
+  owned: boolean[];
+  duplicates: number;
+  /** Wakes requests that wait on the ids this claim owns. */
+  readonly wake: () => void;
+}
+
+export class DedupIndex {
+  /** id -> expiry (ms since epoch); insertion order is expiry order, so pruning reads from the front. */
+  private readonly seen = new Map<string, number>();
+  private readonly inflight = new Map<string, Promise<void>>();
+
+  constructor(private windowMs: number) {}
+
+  setWindow(windowMs: number): void {
+    this.windowMs = windowMs;
+  }
+
+  private isSeen(id: string, now: number): boolean {
+    const expiry = this.seen.get(id);
+    return expiry !== undefined && expiry > now;
+  }
+
+  /** Decides, for each id, whether this request stores it or it is a duplicate (repeats within `ids` included). */
+  async claim(ids: string[], now = Date.now()): Promise<Claim> {
+    const owned = new Array<boolean>(ids.length).fill(false);
+    let duplicates = 0;
+    let wake!: () => void;
+    const mine = new Promise<void>((resolve) => (wake = resolve));
+    const firstIndex = new Map<string, number>();
+    let waiting: number[] = [];
+    ids.forEach((id, i) => {
+      if (firstIndex.has(id) || this.isSeen(id, now)) duplicates++;
+      else {
+        firstIndex.set(id, i);
+        waiting.push(i);
+      }
+    });
+    while (waiting.length > 0) {
+      const others: Promise<void>[] = [];
+      const still: number[] = [];
+      for (const i of waiting) {
+        const id = ids[i]!;
+        const other = this.inflight.get(id);
+        if (this.isSeen(id, Date.now())) duplicates++;
+        else if (other === undefined) {
+          this.inflight.set(id, mine);
+          owned[i] = true;
+        } else {
+          others.push(other);
+          still.push(i);
+        }
+      }
+      if (others.length > 0) await Promise.all(others);
+      waiting = still;
+    }
+    return { owned, duplicates, wake };
+  }
+
+  /** The owned ids are durable: remember them for the window and wake waiters. */
+  commit(ids: string[], claim: Claim, now = Date.now()): void {
+    const expiry = now + this.windowMs;
+    this.prune(now);
+    ids.forEach((id, i) => {
+      if (!claim.owned[i]) return;
+      this.seen.delete(id); // re-insert at the back to keep expiry order
+      this.seen.set(id, expiry);
+    });
+    this.settle(ids, claim);
+  }
+
+  /** The write failed: the owned ids stay unseen, and waiters try for themselves. */
+  release(ids: string[], claim: Claim): void {
+    this.settle(ids, claim);
+  }
+
+  private settle(ids: string[], claim: Claim): void {
+    ids.forEach((id, i) => {
+      if (claim.owned[i]) this.inflight.delete(id);
+    });
+    claim.wake();
+  }
+
+  /** Drops expired ids from the front (bounded work per call keeps the request path flat). */
+  private prune(now: number): void {
+    let budget = 1000;
+    for (const [id, expiry] of this.seen) {
+      if (expiry > now || budget-- === 0) break;
+      this.seen.delete(id);
+    }
+  }
+
+  get size(): number {
+    return this.seen.size;
+  }
+}

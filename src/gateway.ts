@@ -1,0 +1,24 @@
+import type { Config } from "./config.ts";
+import type { DedupIndex } from "./dedup.ts";
+import type { EventLog } from "./event-log.ts";
+import type { RateLimiter } from "./limiter.ts";
+import type { Logger, LogThrottle } from "./logger.ts";
+import type { Metrics } from "./metrics.ts";
+
+/**
+ * Everything a request handler needs. `config` is replaced as a whole on
+ * reload; a handler reads it once, so a request finishes under the config it
+ * started with. The other parts live for the whole process.
+ */
+export interface Gateway {
+  config: Config;
+  readonly limiter: RateLimiter;
+  readonly dedup: DedupIndex;
+  readonly log: EventLog;
+  readonly metrics: Metrics;
+  readonly logger: Logger;
+  readonly throttle: LogThrottle;
+  readonly startedAt: number;
+  /** Client IP of a request, for denial logs; computed only when logged. */
+  clientAddress(request: Request): string | null;
+}

@@ -1,0 +1,5 @@
+#!/usr/bin/env bun
+/** Entry point of `payflux` (source and compiled binary alike). */
+import { main } from "./cli.ts";
+
+await main(process.argv.slice(2));

@@ -1,0 +1,159 @@
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
+import { bearerToken, DENIAL_REASONS, secretMatches } from "./auth.ts";
+import { problem } from "./problem.ts";
+import { RUNTIME, VERSION } from "./version.ts";
+
+/** Routes that get their own label value; everything else is `unmatched` (bounded cardinality). */
+export const INGEST_ROUTES = ["/v1/events/payment_exhaust", "/v1/events/batch"] as const;
+export type IngestRoute = (typeof INGEST_ROUTES)[number];
+export const ROUTES = [...INGEST_ROUTES, "/health", "/metrics"] as const;
+export const UNMATCHED_ROUTE = "unmatched";
+
+/** Why an authenticated ingest request was refused; each is also the problem `code` of its response. */
+export const REJECT_REASONS = [
+  "rate_limited",
+  "malformed_json",
+  "payload_too_large",
+  "batch_too_large",
+  "empty_batch",
+  "unsupported_media_type",
+  "validation_failed",
+  "storage_unavailable",
+] as const;
+export type RejectReason = (typeof REJECT_REASONS)[number];
+
+const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
+
+export type Metrics = ReturnType<typeof createMetrics>;
+
+export function createMetrics() {
+  const registry = new Registry();
+  const m = {
+    registry,
+    authDenied: new Counter({
+      name: "payflux_auth_denied_total",
+      help: "Ingest requests denied by authentication, by reason",
+      labelNames: ["reason"] as const,
+      registers: [registry],
+    }),
+    accepted: new Counter({
+      name: "payflux_ingest_accepted_total",
+      help: "Events stored durably (duplicates not included)",
+      registers: [registry],
+    }),
+    rejected: new Counter({
+      name: "payflux_ingest_rejected_total",
+      help: "Authenticated ingest requests refused, by reason (rate limits included)",
+      labelNames: ["reason"] as const,
+      registers: [registry],
+    }),
+    rateLimited: new Counter({
+      name: "payflux_ingest_rate_limited_total",
+      help: "Ingest requests refused with 429 by the per-key rate limit, by route",
+      labelNames: ["endpoint"] as const,
+      registers: [registry],
+    }),
+    duplicates: new Counter({
+      name: "payflux_ingest_duplicate_total",
+      help: "Events not stored again because their event_id was seen within the dedup window",
+      registers: [registry],
+    }),
+    ingestDuration: new Histogram({
+      name: "payflux_ingest_duration_seconds",
+      help: "Time to handle an ingest request, durable write included",
+      buckets: LATENCY_BUCKETS,
+      registers: [registry],
+    }),
+    httpRequests: new Counter({
+      name: "payflux_http_requests_total",
+      help: "HTTP requests by method, route template and status",
+      labelNames: ["method", "route", "status"] as const,
+      registers: [registry],
+    }),
+    httpDuration: new Histogram({
+      name: "payflux_http_request_duration_seconds",
+      help: "HTTP request duration by method and route template",
+      labelNames: ["method", "route"] as const,
+      buckets: LATENCY_BUCKETS,
+      registers: [registry],
+    }),
+    inFlight: new Gauge({
+      name: "payflux_http_requests_in_flight",
+      help: "HTTP requests being handled now",
+      registers: [registry],
+    }),
+    apiKeys: new Gauge({
+      name: "payflux_api_keys",
+      help: "Configured API keys by state",
+      labelNames: ["state"] as const,
+      registers: [registry],
+    }),
+    reloads: new Counter({
+      name: "payflux_config_reloads_total",
+      help: "Config reloads (SIGHUP) by result",
+      labelNames: ["result"] as const,
+      registers: [registry],
+    }),
+    lastReloadSuccessful: new Gauge({
+      name: "payflux_config_last_reload_successful",
+      help: "1 if the last config reload succeeded (or none was tried), 0 if it failed",
+      registers: [registry],
+    }),
+    lastReloadSuccessTime: new Gauge({
+      name: "payflux_config_last_reload_success_timestamp_seconds",
+      help: "Unix time of the last config load that succeeded (start-up counts)",
+      registers: [registry],
+    }),
+    buildInfo: new Gauge({
+      name: "payflux_build_info",
+      help: "Always 1; labels carry the version and the JavaScript runtime",
+      labelNames: ["version", "runtime"] as const,
+      registers: [registry],
+    }),
+  };
+  collectDefaultMetrics({ register: registry });
+
+  // Every series that can be known at start-up exists at 0, so rate() and
+  // absent() behave from the first scrape.
+  for (const reason of DENIAL_REASONS) m.authDenied.inc({ reason }, 0);
+  for (const reason of REJECT_REASONS) m.rejected.inc({ reason }, 0);
+  for (const endpoint of INGEST_ROUTES) m.rateLimited.inc({ endpoint }, 0);
+  for (const result of ["success", "failure"]) m.reloads.inc({ result }, 0);
+  m.lastReloadSuccessful.set(1);
+  m.lastReloadSuccessTime.set(Date.now() / 1000);
+  m.buildInfo.set({ version: VERSION, runtime: RUNTIME }, 1);
+  return m;
+}
+
+export function setKeyCounts(m: Metrics, active: number, revoked: number): void {
+  m.apiKeys.set({ state: "active" }, active);
+  m.apiKeys.set({ state: "revoked" }, revoked);
+}
+
+/** Label value for a request path: the route template, or one shared value for anything else. */
+export function routeLabel(path: string): string {
+  return (ROUTES as readonly string[]).includes(path) ? path : UNMATCHED_ROUTE;
+}
+
+const METHODS = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]);
+export function methodLabel(method: string): string {
+  return METHODS.has(method) ? method : "OTHER";
+}
+
+/**
+ * GET /metrics: 404 when disabled; with a token configured, `Authorization:
+ * Bearer <token>` is required and compared in constant time.
+ */
+export async function handleMetrics(
+  m: Metrics,
+  settings: { metricsEnabled: boolean; metricsTokenDigest: string | null },
+  request: Request,
+): Promise<Response> {
+  if (!settings.metricsEnabled) return problem(404, "not_found", "metrics are disabled (PAYFLUX_METRICS_ENABLED=false)");
+  if (settings.metricsTokenDigest !== null && !secretMatches(bearerToken(request.headers.get("authorization")), settings.metricsTokenDigest)) {
+    return problem(401, "metrics_unauthorized", "send the metrics token as `Authorization: Bearer <token>`", {}, {
+      "www-authenticate": 'Bearer realm="payflux-metrics"',
+    });
+  }
+  return new Response(await m.registry.metrics(), { headers: { "content-type": m.registry.contentType } });
+}

@@ -1,0 +1,61 @@
+import { fingerprintOf, loadConfig, type Config } from "./config.ts";
+import type { Gateway } from "./gateway.ts";
+import { setKeyCounts } from "./metrics.ts";
+
+/** Settings bound at start-up; a changed value waits for a restart. */
+const RESTART_ONLY = ["host", "port", "dataDir"] as const;
+const RELOADABLE = ["ingestRps", "ingestBurst", "logLevel", "maxBodyBytes", "maxBatch", "dedupWindowMs", "metricsEnabled", "metricsTokenDigest"] as const;
+
+/**
+ * Applies a config to the running gateway in one assignment: the next request
+ * sees all of it, requests in flight keep the one they started with. Buckets
+ * of keys that stay keep their tokens; buckets of removed keys are dropped.
+ */
+export function applyConfig(gw: Gateway, next: Config): void {
+  gw.config = next;
+  gw.limiter.reconfigure(next.ingestRps, next.ingestBurst, next.keys.activeDigests());
+  gw.dedup.setWindow(next.dedupWindowMs);
+  gw.logger.level = next.logLevel;
+  setKeyCounts(gw.metrics, next.keys.activeCount, next.keys.revokedCount);
+}
+
+/**
+ * Re-reads the config (SIGHUP) through the same loader and validator as
+ * start-up. A bad config changes nothing: the service keeps the one in force.
+ */
+export function reloadConfig(gw: Gateway, env: Record<string, string | undefined>, configFile: string | undefined): boolean {
+  const result = loadConfig(env, configFile);
+  const { metrics, logger } = gw;
+  if (!result.ok) {
+    metrics.reloads.inc({ result: "failure" });
+    metrics.lastReloadSuccessful.set(0);
+    logger.error({ errors: result.errors }, `config reload failed, keeping the config in force: ${result.errors.join("; ")}`);
+    return false;
+  }
+  const prev = gw.config;
+  const candidate = result.config;
+  // Restart-only settings keep their running value.
+  const next: Config = { ...candidate, host: prev.host, port: prev.port, dataDir: prev.dataDir };
+  for (const name of RESTART_ONLY) {
+    if (candidate[name] !== prev[name]) logger.warn({ setting: name }, `${name} changed in the config but only takes effect after a restart`);
+  }
+  // The fingerprint describes the config in force, not the file.
+  next.fingerprint = fingerprintOf(next);
+  const before = new Set(prev.keys.activeDigests());
+  const after = new Set(next.keys.activeDigests());
+  const prevRevoked = new Set(prev.keys.revokedDigests());
+  const changes = {
+    keys_added: [...after].filter((d) => !before.has(d)).length,
+    keys_removed: [...before].filter((d) => !after.has(d)).length,
+    keys_revoked: next.keys.revokedDigests().filter((d) => !prevRevoked.has(d)).length,
+    changed_settings: RELOADABLE.filter((n) => next[n] !== prev[n]),
+    config_fingerprint: next.fingerprint,
+  };
+  for (const w of candidate.warnings) logger.warn(w);
+  applyConfig(gw, next);
+  metrics.reloads.inc({ result: "success" });
+  metrics.lastReloadSuccessful.set(1);
+  metrics.lastReloadSuccessTime.set(Date.now() / 1000);
+  logger.info(changes, "config reloaded");
+  return true;
+}

@@ -1,0 +1,97 @@
+import { createFetchHandler } from "./app.ts";
+import { loadConfig } from "./config.ts";
+import { DedupIndex } from "./dedup.ts";
+import { EventLog } from "./event-log.ts";
+import type { Gateway } from "./gateway.ts";
+import { RateLimiter } from "./limiter.ts";
+import { createLogger, LogThrottle } from "./logger.ts";
+import { createMetrics } from "./metrics.ts";
+import { applyConfig, reloadConfig } from "./reload.ts";
+import { AddressInUseError, startHttpServer } from "./runtime.ts";
+import { EXIT } from "./exit-codes.ts";
+import { RUNTIME, VERSION } from "./version.ts";
+
+/** How long SIGTERM waits for in-flight requests before giving up. */
+const SHUTDOWN_TIMEOUT_MS = 10_000;
+
+/** `payflux serve`: load the config, open the event log, listen, and run until SIGTERM/SIGINT. */
+export async function serve(configFile: string | undefined): Promise<void> {
+  const env = process.env;
+  const loaded = loadConfig(env, configFile);
+  if (!loaded.ok) {
+    for (const w of loaded.warnings) console.error(`warning: ${w}`);
+    for (const e of loaded.errors) console.error(`config error: ${e}`);
+    process.exit(EXIT.CONFIG);
+  }
+  const config = loaded.config;
+  const logger = createLogger(config.logLevel);
+  for (const w of config.warnings) logger.warn(w);
+
+  let log: EventLog;
+  try {
+    log = EventLog.open(config.dataDir);
+  } catch (err) {
+    logger.fatal({ data_dir: config.dataDir, err: (err as Error).message }, "cannot open the event log in the data directory");
+    process.exit(EXIT.CANT_CREATE);
+  }
+
+  const metrics = createMetrics();
+  let server: ReturnType<typeof startHttpServer> | undefined;
+  const gw: Gateway = {
+    config,
+    limiter: new RateLimiter(config.ingestRps, config.ingestBurst),
+    dedup: new DedupIndex(config.dedupWindowMs),
+    log,
+    metrics,
+    logger,
+    throttle: new LogThrottle(() => logger),
+    startedAt: Date.now(),
+    clientAddress: (request) => server?.clientAddress(request) ?? null,
+  };
+  applyConfig(gw, config);
+
+  try {
+    server = startHttpServer(config.host, config.port, createFetchHandler(gw));
+  } catch (err) {
+    logger.fatal({ err: (err as Error).message }, err instanceof AddressInUseError ? "the listen address is already in use" : "cannot start the HTTP server");
+    process.exit(EXIT.UNAVAILABLE);
+  }
+  logger.info(
+    {
+      version: VERSION,
+      runtime: RUNTIME,
+      address: `http://${config.host.includes(":") ? `[${config.host}]` : config.host}:${server.port}`,
+      port: server.port,
+      keys: { active: config.keys.activeCount, revoked: config.keys.revokedCount },
+      config_source: config.source,
+      config_fingerprint: config.fingerprint,
+      data_dir: config.dataDir,
+      segment: log.segmentPath,
+    },
+    "payflux listening",
+  );
+
+  process.on("SIGHUP", () => reloadConfig(gw, env, configFile));
+
+  let stopping = false;
+  const shutdown = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, "shutting down: no new connections, finishing requests in flight");
+    const drained = await Promise.race([
+      server!.stop().then(() => true),
+      new Promise<boolean>((resolve) => setTimeout(() => resolve(false), SHUTDOWN_TIMEOUT_MS).unref?.()),
+    ]);
+    log.close();
+    gw.throttle.stop();
+    const inFlight = (await metrics.inFlight.get()).values[0]?.value ?? 0;
+    if (!drained) {
+      logger.error({ cut_requests: inFlight }, `shutdown timed out after ${SHUTDOWN_TIMEOUT_MS} ms; ${inFlight} request(s) cut`);
+      process.exit(EXIT.SOFTWARE);
+    }
+    logger.info("stopped");
+    process.exit(EXIT.OK);
+  };
+  process.on("SIGTERM", () => void shutdown("SIGTERM"));
+  process.on("SIGINT", () => void shutdown("SIGINT"));
+}

@@ -1,0 +1,248 @@
+/**
+ * Test harness: starts the real service (source on Bun, or the compiled
+ * binary) as a child process on a free loopback port, and talks to it over
+ * HTTP. Nothing here is mocked.
+ */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+
+export const ROOT = resolve(import.meta.dir, "..", "..");
+export const MAIN = join(ROOT, "src", "main.ts");
+export const BINARY = join(ROOT, "dist", "payflux");
+/** The bun that runs the tests also runs the service. */
+export const BUN = process.execPath;
+
+export const KEY = "test-key-aaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+export const KEY2 = "test-key-bbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+export function tempDir(prefix = "payflux-test-"): string {
+  return mkdtempSync(join(tmpdir(), prefix));
+}
+
+export interface StartOptions {
+  /** Extra environment (PAYFLUX_* etc.); the child gets no other PAYFLUX_* variables. */
+  env?: Record<string, string>;
+  args?: string[];
+  /** Run dist/payflux instead of the source. */
+  binary?: boolean;
+  /** Defaults to a fresh temporary directory. */
+  dataDir?: string;
+  /** Wait for the "payflux listening" line (default true). */
+  waitReady?: boolean;
+}
+
+export interface Server {
+  url: string;
+  port: number;
+  dataDir: string;
+  proc: ReturnType<typeof Bun.spawn>;
+  /** Every stdout line so far (JSON log lines). */
+  stdout: string[];
+  stderr: () => string;
+  /** Parsed JSON log lines so far. */
+  logs: () => Record<string, any>[];
+  waitForLog: (pred: (line: Record<string, any>) => boolean, timeoutMs?: number) => Promise<Record<string, any>>;
+  signal: (sig: NodeJS.Signals) => void;
+  /** Sends SIGTERM (or `sig`) and resolves with the exit code. */
+  stop: (sig?: NodeJS.Signals) => Promise<number>;
+  exited: Promise<number>;
+}
+
+const running = new Set<Server>();
+
+export function command(binary = false): string[] {
+  return binary ? [BINARY] : [BUN, MAIN];
+}
+
+export function baseEnv(extra: Record<string, string> = {}): Record<string, string> {
+  return { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1", ...extra };
+}
+
+export async function startServer(opts: StartOptions = {}): Promise<Server> {
+  const dataDir = opts.dataDir ?? tempDir();
+  const env = baseEnv({
+    PAYFLUX_API_KEYS: KEY,
+    PAYFLUX_HOST: "127.0.0.1",
+    PAYFLUX_PORT: "0",
+    PAYFLUX_DATA_DIR: dataDir,
+    ...opts.env,
+  });
+  const proc = Bun.spawn([...command(opts.binary), ...(opts.args ?? [])], { env, stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+  const stdout: string[] = [];
+  let stderrText = "";
+  const waiters = new Set<() => void>();
+  const notify = () => waiters.forEach((w) => w());
+  (async () => {
+    const decoder = new TextDecoder();
+    let buf = "";
+    for await (const chunk of proc.stdout as ReadableStream<Uint8Array>) {
+      buf += decoder.decode(chunk, { stream: true });
+      let nl: number;
+      while ((nl = buf.indexOf("\n")) >= 0) {
+        stdout.push(buf.slice(0, nl));
+        buf = buf.slice(nl + 1);
+      }
+      notify();
+    }
+    if (buf) stdout.push(buf);
+    notify();
+  })();
+  (async () => {
+    const decoder = new TextDecoder();
+    for await (const chunk of proc.stderr as ReadableStream<Uint8Array>) stderrText += decoder.decode(chunk, { stream: true });
+  })();
+  const exited = proc.exited.then((code) => {
+    notify();
+    return code;
+  });
+  let exitCode: number | null = null;
+  exited.then((c) => (exitCode = c));
+
+  const logs = () =>
+    stdout.flatMap((l) => {
+      try {
+        return [JSON.parse(l)];
+      } catch {
+        return [];
+      }
+    });
+  const waitForLog = (pred: (line: Record<string, any>) => boolean, timeoutMs = 15_000) =>
+    new Promise<Record<string, any>>((resolveLine, reject) => {
+      const check = () => {
+        const hit = logs().find(pred);
+        if (hit) {
+          cleanup();
+          resolveLine(hit);
+        } else if (exitCode !== null) {
+          cleanup();
+          reject(new Error(`server exited with ${exitCode}\nstdout:\n${stdout.join("\n")}\nstderr:\n${stderrText}`));
+        }
+      };
+      const timer = setTimeout(() => {
+        cleanup();
+        reject(new Error(`timed out waiting for a log line\nstdout:\n${stdout.join("\n")}\nstderr:\n${stderrText}`));
+      }, timeoutMs);
+      const cleanup = () => {
+        clearTimeout(timer);
+        waiters.delete(check);
+      };
+      waiters.add(check);
+      check();
+    });
+
+  const server: Server = {
+    url: "",
+    port: 0,
+    dataDir,
+    proc,
+    stdout,
+    stderr: () => stderrText,
+    logs,
+    waitForLog,
+    signal: (sig) => proc.kill(sig),
+    stop: async (sig = "SIGTERM") => {
+      if (exitCode === null) proc.kill(sig);
+      const code = await exited;
+      running.delete(server);
+      return code;
+    },
+    exited,
+  };
+  running.add(server);
+  if (opts.waitReady !== false) {
+    const ready = await waitForLog((l) => l.msg === "payflux listening");
+    server.port = ready.port;
+    server.url = `http://127.0.0.1:${ready.port}`;
+  }
+  return server;
+}
+
+/** Kills every server a test file started (call from afterAll/afterEach). */
+export async function stopAll(): Promise<void> {
+  await Promise.all([...running].map((s) => s.stop("SIGKILL")));
+}
+
+/** Runs the CLI to completion. */
+export function runCli(args: string[], env: Record<string, string> = {}, binary = false) {
+  const r = Bun.spawnSync([...command(binary), ...args], { env: baseEnv(env), stdout: "pipe", stderr: "pipe" });
+  return { code: r.exitCode, stdout: r.stdout.toString(), stderr: r.stderr.toString() };
+}
+
+let built: Promise<void> | null = null;
+/** Builds dist/payflux once per test run (with the same flags as `npm run build`). */
+export function ensureBinary(): Promise<void> {
+  built ??= (async () => {
+    const p = Bun.spawn(["npm", "run", "--silent", "build"], { cwd: ROOT, stdout: "pipe", stderr: "pipe" });
+    const code = await p.exited;
+    if (code !== 0) throw new Error(`npm run build failed: ${await new Response(p.stderr).text()}`);
+  })();
+  return built;
+}
+
+/** A valid payment event with a fresh event_id. */
+export function event(overrides: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    event_type: "payment_failed",
+    event_timestamp: "2026-11-22T08:00:00Z",
+    event_id: crypto.randomUUID(),
+    merchant_id_hash: "m_4f2a",
+    payment_intent_id_hash: "pi_9c1d",
+    processor: "stripe",
+    failure_category: "card_declined",
+    retry_count: 0,
+    geo_bucket: "EU",
+    amount_bucket: "100-500",
+    system_source: "checkout-api",
+    payment_method_bucket: "card",
+    channel: "web",
+    retry_result: "none",
+    failure_origin: "issuer",
+    ...overrides,
+  };
+}
+
+export interface PostOptions {
+  key?: string | null;
+  contentType?: string | null;
+  headers?: Record<string, string>;
+}
+
+/** POSTs `body` (JSON-encoded unless a string) with `Authorization: Bearer <key>` (KEY by default). */
+export function post(server: Server, path: string, body: unknown, opts: PostOptions = {}): Promise<Response> {
+  const headers: Record<string, string> = { ...opts.headers };
+  const key = opts.key === undefined ? KEY : opts.key;
+  if (key !== null) headers.authorization = `Bearer ${key}`;
+  const ct = opts.contentType === undefined ? "application/json" : opts.contentType;
+  if (ct !== null) headers["content-type"] = ct;
+  return fetch(server.url + path, { method: "POST", headers, body: typeof body === "string" ? body : JSON.stringify(body) });
+}
+
+export const SINGLE = "/v1/events/payment_exhaust";
+export const BATCH = "/v1/events/batch";
+
+export async function metricsText(server: Server, token?: string): Promise<string> {
+  const res = await fetch(server.url + "/metrics", token ? { headers: { authorization: `Bearer ${token}` } } : {});
+  return res.text();
+}
+
+/** Value of one sample in a Prometheus exposition, e.g. metric(text, 'payflux_auth_denied_total{reason="invalid_key"}'). */
+export function metric(text: string, series: string): number | undefined {
+  for (const line of text.split("\n")) {
+    if (line.startsWith(series + " ")) return Number(line.slice(series.length + 1));
+  }
+  return undefined;
+}
+
+/** All lines of all segment files in a data dir, parsed. */
+export async function storedEvents(dataDir: string): Promise<Record<string, any>[]> {
+  const { readdirSync, readFileSync } = await import("node:fs");
+  return readdirSync(dataDir)
+    .filter((n) => n.startsWith("segment-"))
+    .sort()
+    .flatMap((n) => readFileSync(join(dataDir, n), "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l)));
+}
+
+export function removeDir(dir: string): void {
+  rmSync(dir, { recursive: true, force: true });
+}
