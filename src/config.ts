@@ -24,6 +24,7 @@ export const VARIABLES = {
   PAYFLUX_DEDUP_WINDOW: { default: "24h", help: "how long an event_id is remembered for duplicate detection" },
   PAYFLUX_METRICS_ENABLED: { default: "true", help: "serve /metrics (false: 404)" },
   PAYFLUX_METRICS_TOKEN: { default: "", help: "if set, /metrics requires Authorization: Bearer <token>" },
+  PAYFLUX_SHUTDOWN_TIMEOUT: { default: "10s", help: "how long SIGTERM waits for requests in flight before exiting 1" },
 } as const;
 
 export type VariableName = keyof typeof VARIABLES;
@@ -50,12 +51,29 @@ export interface Config {
   metricsEnabled: boolean;
   /** SHA-256 of PAYFLUX_METRICS_TOKEN, or null when /metrics is open. */
   metricsTokenDigest: string | null;
+  shutdownTimeoutMs: number;
   /** "environment" or the env file's path. */
   source: string;
   /** 12 hex characters that change whenever the effective config changes. */
   fingerprint: string;
   warnings: string[];
 }
+
+/** The variable behind each setting, for messages about what changed. */
+export const SETTING_VARIABLE = {
+  ingestRps: "PAYFLUX_INGEST_RPS",
+  ingestBurst: "PAYFLUX_INGEST_BURST",
+  host: "PAYFLUX_HOST",
+  port: "PAYFLUX_PORT",
+  dataDir: "PAYFLUX_DATA_DIR",
+  logLevel: "PAYFLUX_LOG_LEVEL",
+  maxBodyBytes: "PAYFLUX_MAX_BODY_BYTES",
+  maxBatch: "PAYFLUX_MAX_BATCH",
+  dedupWindowMs: "PAYFLUX_DEDUP_WINDOW",
+  metricsEnabled: "PAYFLUX_METRICS_ENABLED",
+  metricsTokenDigest: "PAYFLUX_METRICS_TOKEN",
+  shutdownTimeoutMs: "PAYFLUX_SHUTDOWN_TIMEOUT",
+} as const satisfies Partial<Record<keyof Config, VariableName>>;
 
 export type LoadResult =
   | { ok: true; config: Config }
@@ -128,13 +146,14 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
     warnings.push(`PAYFLUX_METRICS_TOKEN is shorter than ${MIN_RECOMMENDED_KEY_LENGTH} characters`);
   }
   if (/[\s,]/.test(metricsToken)) errors.push("PAYFLUX_METRICS_TOKEN must not contain spaces or commas");
+  const shutdownTimeoutMs = duration("PAYFLUX_SHUTDOWN_TIMEOUT", get("PAYFLUX_SHUTDOWN_TIMEOUT"), { minMs: 1000, maxMs: 3_600_000 }, errors);
 
   if (errors.length > 0) return { ok: false, errors, warnings };
 
   const metricsTokenDigest = metricsToken === "" ? null : keyDigest(metricsToken);
   const config: Config = {
     keys, ingestRps, ingestBurst, host, port, dataDir, logLevel, maxBodyBytes, maxBatch, dedupWindowMs,
-    metricsEnabled, metricsTokenDigest, source: file ?? "environment", fingerprint: "", warnings,
+    metricsEnabled, metricsTokenDigest, shutdownTimeoutMs, source: file ?? "environment", fingerprint: "", warnings,
   };
   config.fingerprint = fingerprintOf(config);
   return { ok: true, config };
@@ -197,10 +216,17 @@ export function parseDuration(raw: string): number | null {
 function duration(name: string, raw: string, range: { minMs: number; maxMs: number }, errors: string[]): number {
   const ms = parseDuration(raw);
   if (ms === null || ms < range.minMs || ms > range.maxMs) {
-    errors.push(`${name} must be a duration from 1s to 30d such as 90s, 15m, 24h or 7d, got "${raw.slice(0, 32)}"`);
+    errors.push(`${name} must be a duration from ${formatMs(range.minMs)} to ${formatMs(range.maxMs)} such as 90s, 15m or 24h, got "${raw.slice(0, 32)}"`);
     return NaN;
   }
   return ms;
+}
+
+function formatMs(ms: number): string {
+  for (const [unit, size] of [["d", 86_400_000], ["h", 3_600_000], ["m", 60_000], ["s", 1000]] as const) {
+    if (ms % size === 0) return `${ms / size}${unit}`;
+  }
+  return `${ms}ms`;
 }
 
 function boolean(name: string, raw: string, errors: string[]): boolean {

@@ -162,5 +162,6 @@ async function store(gw: Gateway, events: PaymentEvent[], keyId: string): Promis
   gw.dedup.commit(ids, claim);
   gw.metrics.accepted.inc(accepted);
   gw.metrics.duplicates.inc(claim.duplicates);
+  gw.logger.debug({ key_id: keyId, accepted, duplicates: claim.duplicates }, "events accepted");
   return json(202, { accepted, duplicates: claim.duplicates });
 }

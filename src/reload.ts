@@ -1,10 +1,10 @@
-import { fingerprintOf, loadConfig, type Config } from "./config.ts";
+import { fingerprintOf, loadConfig, SETTING_VARIABLE, type Config } from "./config.ts";
 import type { Gateway } from "./gateway.ts";
 import { setKeyCounts } from "./metrics.ts";
 
 /** Settings bound at start-up; a changed value waits for a restart. */
 const RESTART_ONLY = ["host", "port", "dataDir"] as const;
-const RELOADABLE = ["ingestRps", "ingestBurst", "logLevel", "maxBodyBytes", "maxBatch", "dedupWindowMs", "metricsEnabled", "metricsTokenDigest"] as const;
+const SETTINGS = Object.keys(SETTING_VARIABLE) as (keyof typeof SETTING_VARIABLE)[];
 
 /**
  * Applies a config to the running gateway in one assignment: the next request
@@ -37,7 +37,8 @@ export function reloadConfig(gw: Gateway, env: Record<string, string | undefined
   // Restart-only settings keep their running value.
   const next: Config = { ...candidate, host: prev.host, port: prev.port, dataDir: prev.dataDir };
   for (const name of RESTART_ONLY) {
-    if (candidate[name] !== prev[name]) logger.warn({ setting: name }, `${name} changed in the config but only takes effect after a restart`);
+    const variable = SETTING_VARIABLE[name];
+    if (candidate[name] !== prev[name]) logger.warn({ variable }, `${variable} changed in the config but only takes effect after a restart`);
   }
   // The fingerprint describes the config in force, not the file.
   next.fingerprint = fingerprintOf(next);
@@ -48,7 +49,7 @@ export function reloadConfig(gw: Gateway, env: Record<string, string | undefined
     keys_added: [...after].filter((d) => !before.has(d)).length,
     keys_removed: [...before].filter((d) => !after.has(d)).length,
     keys_revoked: next.keys.revokedDigests().filter((d) => !prevRevoked.has(d)).length,
-    changed_settings: RELOADABLE.filter((n) => next[n] !== prev[n]),
+    changed_settings: SETTINGS.filter((n) => next[n] !== prev[n]).map((n) => SETTING_VARIABLE[n]),
     config_fingerprint: next.fingerprint,
   };
   for (const w of candidate.warnings) logger.warn(w);

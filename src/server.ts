@@ -11,9 +11,6 @@ import { AddressInUseError, startHttpServer } from "./runtime.ts";
 import { EXIT } from "./exit-codes.ts";
 import { RUNTIME, VERSION } from "./version.ts";
 
-/** How long SIGTERM waits for in-flight requests before giving up. */
-const SHUTDOWN_TIMEOUT_MS = 10_000;
-
 /** `payflux serve`: load the config, open the event log, listen, and run until SIGTERM/SIGINT. */
 export async function serve(configFile: string | undefined): Promise<void> {
   const env = process.env;
@@ -71,22 +68,32 @@ export async function serve(configFile: string | undefined): Promise<void> {
     "payflux listening",
   );
 
-  process.on("SIGHUP", () => reloadConfig(gw, env, configFile));
+  // A burst of SIGHUPs coalesces into reloads of the file's latest content.
+  let reloadQueued = false;
+  process.on("SIGHUP", () => {
+    if (reloadQueued) return;
+    reloadQueued = true;
+    setTimeout(() => {
+      reloadQueued = false;
+      reloadConfig(gw, env, configFile);
+    }, 0);
+  });
 
   let stopping = false;
   const shutdown = async (signal: string) => {
     if (stopping) return;
     stopping = true;
     logger.info({ signal }, "shutting down: no new connections, finishing requests in flight");
+    const timeoutMs = gw.config.shutdownTimeoutMs;
     const drained = await Promise.race([
       server!.stop().then(() => true),
-      new Promise<boolean>((resolve) => setTimeout(() => resolve(false), SHUTDOWN_TIMEOUT_MS).unref?.()),
+      new Promise<boolean>((resolve) => setTimeout(() => resolve(false), timeoutMs).unref?.()),
     ]);
     log.close();
     gw.throttle.stop();
     const inFlight = (await metrics.inFlight.get()).values[0]?.value ?? 0;
     if (!drained) {
-      logger.error({ cut_requests: inFlight }, `shutdown timed out after ${SHUTDOWN_TIMEOUT_MS} ms; ${inFlight} request(s) cut`);
+      logger.error({ cut_requests: inFlight }, `shutdown timed out after ${timeoutMs} ms; ${inFlight} request(s) cut`);
       process.exit(EXIT.SOFTWARE);
     }
     logger.info("stopped");

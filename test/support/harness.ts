@@ -76,7 +76,7 @@ export async function startServer(opts: StartOptions = {}): Promise<Server> {
   (async () => {
     const decoder = new TextDecoder();
     let buf = "";
-    for await (const chunk of proc.stdout as ReadableStream<Uint8Array>) {
+    for await (const chunk of proc.stdout as unknown as AsyncIterable<Uint8Array>) {
       buf += decoder.decode(chunk, { stream: true });
       let nl: number;
       while ((nl = buf.indexOf("\n")) >= 0) {
@@ -90,7 +90,7 @@ export async function startServer(opts: StartOptions = {}): Promise<Server> {
   })();
   (async () => {
     const decoder = new TextDecoder();
-    for await (const chunk of proc.stderr as ReadableStream<Uint8Array>) stderrText += decoder.decode(chunk, { stream: true });
+    for await (const chunk of proc.stderr as unknown as AsyncIterable<Uint8Array>) stderrText += decoder.decode(chunk, { stream: true });
   })();
   const exited = proc.exited.then((code) => {
     notify();
