@@ -112,6 +112,11 @@ export function createMetrics() {
     }),
   };
   collectDefaultMetrics({ register: registry });
+  // prom-client also exports these gauges under a `_total` name, which
+  // promtool rejects (only counters end in _total); the unsuffixed ones stay.
+  for (const name of ["nodejs_active_handles_total", "nodejs_active_requests_total", "nodejs_active_resources_total"]) {
+    registry.removeSingleMetric(name);
+  }
 
   // Every series that can be known at start-up exists at 0, so rate() and
   // absent() behave from the first scrape.
