@@ -29,6 +29,9 @@ export function createFetchHandler(gw: Gateway): (request: Request) => Promise<R
   }
 
   const { metrics } = gw;
+  // Labelled children are cached: prom-client hashes the label object on every call otherwise.
+  const counters = new Map<string, { inc(): void }>();
+  const timers = new Map<string, { observe(v: number): void }>();
   return async (request) => {
     const started = performance.now();
     metrics.inFlight.inc();
@@ -41,8 +44,14 @@ export function createFetchHandler(gw: Gateway): (request: Request) => Promise<R
       metrics.inFlight.dec();
       const method = methodLabel(request.method);
       const route = routeLabel(pathOf(request.url));
-      metrics.httpRequests.inc({ method, route, status: String(status) });
-      metrics.httpDuration.observe({ method, route }, (performance.now() - started) / 1000);
+      const key = `${method} ${route}`;
+      let timer = timers.get(key);
+      if (timer === undefined) timers.set(key, (timer = metrics.httpDuration.labels(method, route)));
+      timer.observe((performance.now() - started) / 1000);
+      const statusKey = `${key} ${status}`;
+      let counter = counters.get(statusKey);
+      if (counter === undefined) counters.set(statusKey, (counter = metrics.httpRequests.labels(method, route, String(status))));
+      counter.inc();
     }
   };
 }

@@ -1,15 +1,17 @@
-import { closeSync, fdatasyncSync, fstatSync, ftruncateSync, mkdirSync, openSync, readdirSync, readSync, unlinkSync, writeSync } from "node:fs";
+import { closeSync, fdatasync, fdatasyncSync, fstatSync, ftruncateSync, mkdirSync, openSync, readdirSync, readSync, unlinkSync, writeSync } from "node:fs";
 import { join } from "node:path";
 
 /**
  * Append-only event log in PAYFLUX_DATA_DIR: NDJSON segment files named
  * `segment-<20-digit sequence>.ndjson`, so that name order is write order.
  *
- * Durability uses group commit: `append` queues text and returns a promise;
- * everything queued during one event-loop turn is written with one write and
- * one fdatasync, then all of those promises resolve together. A failed write
- * is cut back off the file and rejects every promise of its group, so nothing
- * half-written is ever acknowledged or followed by more data.
+ * Durability uses group commit: `append` queues text and returns a promise.
+ * One flush at a time writes everything queued as one write and runs one
+ * fdatasync off the event loop (node's thread pool); requests that arrive
+ * meanwhile form the next group. All promises of a group resolve together
+ * once their bytes are durable. A failed write or sync is cut back off the
+ * file and rejects every promise of its group, so nothing half-written is
+ * ever acknowledged or followed by more data.
  */
 export const SEGMENT_MAX_BYTES = 64 * 1024 * 1024;
 const SEGMENT_NAME = /^segment-(\d{20})\.ndjson$/;
@@ -37,6 +39,8 @@ export class EventLog {
   private durableSize = 0;
   private queue: Pending[] = [];
   private scheduled = false;
+  /** A group's fdatasync is running on the thread pool. */
+  private syncing = false;
   private lastFailure: Error | null = null;
   private lastProbeAt = 0;
 
@@ -64,34 +68,74 @@ export class EventLog {
   append(text: string): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       this.queue.push({ text, resolve, reject });
-      if (!this.scheduled) {
+      if (!this.scheduled && !this.syncing) {
         this.scheduled = true;
         setImmediate(() => this.flush());
       }
     });
   }
 
-  /** Writes and fdatasyncs everything queued, as one group. */
-  flush(): void {
+  /** Starts writing the queued group unless a flush is already running (its end starts the next). */
+  private flush(): void {
     this.scheduled = false;
+    if (this.syncing || this.queue.length === 0) return;
     const group = this.queue;
-    if (group.length === 0) return;
     this.queue = [];
+    let fd: number;
+    let size: number;
     try {
-      if (this.fd === null) this.openSegment(this.durableSize);
-      const data = Buffer.from(group.length === 1 ? group[0]!.text : group.map((p) => p.text).join(""));
-      let written = 0;
-      while (written < data.length) written += writeSync(this.fd!, data, written, data.length - written);
-      fdatasyncSync(this.fd!);
-      this.durableSize += data.length;
-      this.lastFailure = null;
-      if (this.durableSize >= SEGMENT_MAX_BYTES) this.rollover();
+      size = this.write(group);
+      fd = this.fd!;
     } catch (err) {
-      this.fail(err as Error);
-      for (const p of group) p.reject(err as Error);
+      this.settle(group, err as Error);
       return;
     }
+    this.syncing = true;
+    fdatasync(fd, (err) => {
+      this.syncing = false;
+      if (err) this.settle(group, err);
+      else this.commit(group, size);
+      this.flush();
+    });
+  }
+
+  /** Writes a group to the page cache; returns the segment size once it is durable. */
+  private write(group: Pending[]): number {
+    if (this.fd === null) this.openSegment(this.durableSize);
+    const data = Buffer.from(group.length === 1 ? group[0]!.text : group.map((p) => p.text).join(""));
+    let written = 0;
+    while (written < data.length) written += writeSync(this.fd!, data, written, data.length - written);
+    return this.durableSize + data.length;
+  }
+
+  private commit(group: Pending[], size: number): void {
+    this.durableSize = size;
+    this.lastFailure = null;
+    try {
+      if (this.durableSize >= SEGMENT_MAX_BYTES) this.rollover();
+    } catch (err) {
+      this.fail(err as Error); // the group is durable; the next append retries the new segment
+    }
     for (const p of group) p.resolve();
+  }
+
+  private settle(group: Pending[], err: Error): void {
+    this.fail(err);
+    for (const p of group) p.reject(err);
+  }
+
+  /** Writes and syncs everything still queued, synchronously (shutdown). */
+  flushSync(): void {
+    const group = this.queue;
+    this.queue = [];
+    if (group.length === 0) return;
+    try {
+      const size = this.write(group);
+      fdatasyncSync(this.fd!);
+      this.commit(group, size);
+    } catch (err) {
+      this.settle(group, err as Error);
+    }
   }
 
   /**
@@ -123,7 +167,7 @@ export class EventLog {
 
   /** Flushes what is queued and closes the segment (graceful shutdown). */
   close(): void {
-    this.flush();
+    this.flushSync();
     if (this.fd !== null) closeSync(this.fd);
     this.fd = null;
   }

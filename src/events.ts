@@ -13,19 +13,19 @@ export interface FieldError {
 
 export const PROCESSORS = ["stripe", "adyen", "checkout", "internal"] as const;
 
-/** Optional string fields and their length limits (null: no limit). */
-const OPTIONAL_STRINGS: Record<string, number | null> = {
-  merchant_id_hash: 100,
-  payment_intent_id_hash: 100,
-  failure_category: 100,
-  geo_bucket: 20,
-  amount_bucket: null,
-  system_source: null,
-  payment_method_bucket: null,
-  channel: null,
-  retry_result: null,
-  failure_origin: null,
-};
+/** Optional string fields and their length limits in characters (Infinity: no limit). */
+const OPTIONAL_STRINGS: readonly (readonly [string, number])[] = [
+  ["merchant_id_hash", 100],
+  ["payment_intent_id_hash", 100],
+  ["failure_category", 100],
+  ["geo_bucket", 20],
+  ["amount_bucket", Infinity],
+  ["system_source", Infinity],
+  ["payment_method_bucket", Infinity],
+  ["channel", Infinity],
+  ["retry_result", Infinity],
+  ["failure_origin", Infinity],
+];
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const RFC3339 = /^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-](\d{2}):(\d{2}))$/;
@@ -50,11 +50,12 @@ export function validateEvent(value: unknown, index: number, errors: FieldError[
   if (typeof e.processor !== "string" || !(PROCESSORS as readonly string[]).includes(e.processor)) {
     fail("processor", `required, one of ${PROCESSORS.join(", ")}`);
   }
-  for (const [field, max] of Object.entries(OPTIONAL_STRINGS)) {
+  for (const [field, max] of OPTIONAL_STRINGS) {
     const v = e[field];
     if (v === undefined || v === null) continue;
     if (typeof v !== "string") fail(field, "must be a string");
-    else if (max !== null && [...v].length > max) fail(field, `at most ${max} characters`);
+    // .length counts UTF-16 units, an upper bound of characters: count code points only past it.
+    else if (v.length > max && [...v].length > max) fail(field, `at most ${max} characters`);
   }
   const rc = e.retry_count;
   if (rc !== undefined && rc !== null && !(Number.isInteger(rc) && (rc as number) >= 0 && (rc as number) <= 100)) {

@@ -44,7 +44,8 @@ export async function handleIngest(gw: Gateway, request: Request, route: IngestR
       });
     }
     const response = await ingestEvents(gw, config, request, route, auth.keyId);
-    for (const [name, value] of Object.entries(rateHeaders)) response.headers.set(name, value);
+    response.headers.set("ratelimit-policy", rateHeaders["ratelimit-policy"]);
+    response.headers.set("ratelimit", rateHeaders.ratelimit);
     return response;
   } finally {
     gw.metrics.ingestDuration.observe((performance.now() - started) / 1000);
