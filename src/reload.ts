@@ -53,10 +53,11 @@ export function reloadConfig(gw: Gateway, env: Record<string, string | undefined
     config_fingerprint: next.fingerprint,
   };
   for (const w of candidate.warnings) logger.warn(w);
+  // Logged before the new log level applies, so that raising it does not hide this line.
+  logger.info(changes, "config reloaded");
   applyConfig(gw, next);
   metrics.reloads.inc({ result: "success" });
   metrics.lastReloadSuccessful.set(1);
   metrics.lastReloadSuccessTime.set(Date.now() / 1000);
-  logger.info(changes, "config reloaded");
   return true;
 }

@@ -13,6 +13,15 @@ import { RUNTIME, VERSION } from "./version.ts";
 
 /** `payflux serve`: load the config, open the event log, listen, and run until SIGTERM/SIGINT. */
 export async function serve(configFile: string | undefined): Promise<void> {
+  // Signals are handled from the first moment (an early SIGHUP must not kill
+  // the process): until the service is up they are only remembered.
+  const early: { reload: boolean; stop: string | null } = { reload: false, stop: null };
+  let onReload = () => void (early.reload = true);
+  let onStop = (signal: string) => void (early.stop ??= signal);
+  process.on("SIGHUP", () => onReload());
+  process.on("SIGTERM", () => onStop("SIGTERM"));
+  process.on("SIGINT", () => onStop("SIGINT"));
+
   const env = process.env;
   const loaded = loadConfig(env, configFile);
   if (!loaded.ok) {
@@ -70,14 +79,14 @@ export async function serve(configFile: string | undefined): Promise<void> {
 
   // A burst of SIGHUPs coalesces into reloads of the file's latest content.
   let reloadQueued = false;
-  process.on("SIGHUP", () => {
+  onReload = () => {
     if (reloadQueued) return;
     reloadQueued = true;
     setTimeout(() => {
       reloadQueued = false;
       reloadConfig(gw, env, configFile);
     }, 0);
-  });
+  };
 
   let stopping = false;
   const shutdown = async (signal: string) => {
@@ -99,6 +108,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
     logger.info("stopped");
     process.exit(EXIT.OK);
   };
-  process.on("SIGTERM", () => void shutdown("SIGTERM"));
-  process.on("SIGINT", () => void shutdown("SIGINT"));
+  onStop = (signal) => void shutdown(signal);
+  if (early.stop !== null) onStop(early.stop);
+  else if (early.reload) onReload();
 }

@@ -16,8 +16,13 @@ export const BUN = process.execPath;
 export const KEY = "test-key-aaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 export const KEY2 = "test-key-bbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 
+const tempDirs = new Set<string>();
+
+/** A fresh temporary directory, removed by stopAll(). */
 export function tempDir(prefix = "payflux-test-"): string {
-  return mkdtempSync(join(tmpdir(), prefix));
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  tempDirs.add(dir);
+  return dir;
 }
 
 export interface StartOptions {
@@ -158,9 +163,17 @@ export async function startServer(opts: StartOptions = {}): Promise<Server> {
   return server;
 }
 
-/** Kills every server a test file started (call from afterAll/afterEach). */
+/** Kills every server a test file started and removes its temporary directories (call from afterAll). */
 export async function stopAll(): Promise<void> {
   await Promise.all([...running].map((s) => s.stop("SIGKILL")));
+  for (const dir of tempDirs) {
+    try {
+      rmSync(dir, { recursive: true, force: true });
+      tempDirs.delete(dir);
+    } catch {
+      // Still mounted or busy: the test that made it cleans up, or the OS does.
+    }
+  }
 }
 
 /** Runs the CLI to completion. */
