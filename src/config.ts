@@ -25,6 +25,13 @@ export const VARIABLES = {
   PAYFLUX_METRICS_ENABLED: { default: "true", help: "serve /metrics (false: 404)" },
   PAYFLUX_METRICS_TOKEN: { default: "", help: "if set, /metrics requires Authorization: Bearer <token>" },
   PAYFLUX_SHUTDOWN_TIMEOUT: { default: "10s", help: "how long SIGTERM waits for requests in flight before exiting 1" },
+  PAYFLUX_SEGMENT_BYTES: { default: "64MiB", help: "event-log segment size; a new segment starts past it" },
+  PAYFLUX_RETENTION: { default: "7d", help: "closed segments older than this (and already forwarded) are deleted" },
+  PAYFLUX_STORAGE_MAX_BYTES: { default: "10GiB", help: "hard cap of the event log on disk; past it ingest answers 503 storage_full" },
+  PAYFLUX_DEDUP_MAX_IDS: { default: "1000000", help: "most event ids remembered for duplicate detection; the oldest go first" },
+  PAYFLUX_FORWARD_REDIS_URL: { default: "", help: "redis:// or rediss:// URL: forward every event to a Redis stream (empty: off)" },
+  PAYFLUX_FORWARD_STREAM: { default: "events_stream", help: "Redis stream the events are added to (XADD)" },
+  PAYFLUX_FORWARD_MAXLEN: { default: "200000", help: "approximate length the stream is trimmed to (XADD MAXLEN ~)" },
 } as const;
 
 export type VariableName = keyof typeof VARIABLES;
@@ -52,6 +59,14 @@ export interface Config {
   /** SHA-256 of PAYFLUX_METRICS_TOKEN, or null when /metrics is open. */
   metricsTokenDigest: string | null;
   shutdownTimeoutMs: number;
+  segmentBytes: number;
+  retentionMs: number;
+  storageMaxBytes: number;
+  dedupMaxIds: number;
+  /** Redis URL of the forwarder (may hold a password: never log it), or null when forwarding is off. */
+  forwardRedisUrl: string | null;
+  forwardStream: string;
+  forwardMaxlen: number;
   /** "environment" or the env file's path. */
   source: string;
   /** 12 hex characters that change whenever the effective config changes. */
@@ -73,6 +88,13 @@ export const SETTING_VARIABLE = {
   metricsEnabled: "PAYFLUX_METRICS_ENABLED",
   metricsTokenDigest: "PAYFLUX_METRICS_TOKEN",
   shutdownTimeoutMs: "PAYFLUX_SHUTDOWN_TIMEOUT",
+  segmentBytes: "PAYFLUX_SEGMENT_BYTES",
+  retentionMs: "PAYFLUX_RETENTION",
+  storageMaxBytes: "PAYFLUX_STORAGE_MAX_BYTES",
+  dedupMaxIds: "PAYFLUX_DEDUP_MAX_IDS",
+  forwardRedisUrl: "PAYFLUX_FORWARD_REDIS_URL",
+  forwardStream: "PAYFLUX_FORWARD_STREAM",
+  forwardMaxlen: "PAYFLUX_FORWARD_MAXLEN",
 } as const satisfies Partial<Record<keyof Config, VariableName>>;
 
 export type LoadResult =
@@ -147,13 +169,28 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
   }
   if (/[\s,]/.test(metricsToken)) errors.push("PAYFLUX_METRICS_TOKEN must not contain spaces or commas");
   const shutdownTimeoutMs = duration("PAYFLUX_SHUTDOWN_TIMEOUT", get("PAYFLUX_SHUTDOWN_TIMEOUT"), { minMs: 1000, maxMs: 3_600_000 }, errors);
+  const segmentBytes = bytes("PAYFLUX_SEGMENT_BYTES", get("PAYFLUX_SEGMENT_BYTES"), { min: 4096, max: 2 ** 30 }, errors);
+  const retentionMs = duration("PAYFLUX_RETENTION", get("PAYFLUX_RETENTION"), { minMs: 1000, maxMs: 3650 * 86_400_000 }, errors);
+  const storageMaxBytes = bytes("PAYFLUX_STORAGE_MAX_BYTES", get("PAYFLUX_STORAGE_MAX_BYTES"), { min: 65536, max: 2 ** 50 }, errors);
+  if (storageMaxBytes < segmentBytes) errors.push("PAYFLUX_STORAGE_MAX_BYTES must be at least PAYFLUX_SEGMENT_BYTES");
+  const dedupMaxIds = integer("PAYFLUX_DEDUP_MAX_IDS", get("PAYFLUX_DEDUP_MAX_IDS"), { min: 1, max: 100_000_000 }, errors);
+  const forwardUrl = get("PAYFLUX_FORWARD_REDIS_URL");
+  if (forwardUrl !== "" && !isRedisUrl(forwardUrl)) {
+    // The URL may hold a password: describe the problem, never echo the value.
+    errors.push("PAYFLUX_FORWARD_REDIS_URL must look like redis://[:password@]host[:port][/db] or rediss://... (TLS)");
+  }
+  const forwardStream = get("PAYFLUX_FORWARD_STREAM");
+  if (!/^[\x21-\x7e]{1,256}$/.test(forwardStream)) errors.push("PAYFLUX_FORWARD_STREAM must be 1 to 256 printable characters without spaces");
+  const forwardMaxlen = integer("PAYFLUX_FORWARD_MAXLEN", get("PAYFLUX_FORWARD_MAXLEN"), { min: 1, max: 1_000_000_000 }, errors);
 
   if (errors.length > 0) return { ok: false, errors, warnings };
 
   const metricsTokenDigest = metricsToken === "" ? null : keyDigest(metricsToken);
   const config: Config = {
     keys, ingestRps, ingestBurst, host, port, dataDir, logLevel, maxBodyBytes, maxBatch, dedupWindowMs,
-    metricsEnabled, metricsTokenDigest, shutdownTimeoutMs, source: file ?? "environment", fingerprint: "", warnings,
+    metricsEnabled, metricsTokenDigest, shutdownTimeoutMs, segmentBytes, retentionMs, storageMaxBytes, dedupMaxIds,
+    forwardRedisUrl: forwardUrl === "" ? null : forwardUrl, forwardStream, forwardMaxlen,
+    source: file ?? "environment", fingerprint: "", warnings,
   };
   config.fingerprint = fingerprintOf(config);
   return { ok: true, config };
@@ -220,6 +257,44 @@ function duration(name: string, raw: string, range: { minMs: number; maxMs: numb
     return NaN;
   }
   return ms;
+}
+
+const BYTE_UNITS: Record<string, number> = { "": 1, b: 1, k: 1024, kib: 1024, m: 1024 ** 2, mib: 1024 ** 2, g: 1024 ** 3, gib: 1024 ** 3, t: 1024 ** 4, tib: 1024 ** 4 };
+
+/** Parses sizes such as `65536`, `64MiB`, `10GiB`, `512k` (binary units). */
+export function parseBytes(raw: string): number | null {
+  const m = /^(\d+(?:\.\d+)?)\s*([a-z]*)$/i.exec(raw);
+  const unit = m === null ? undefined : BYTE_UNITS[m[2]!.toLowerCase()];
+  return unit === undefined ? null : Math.floor(Number(m![1]) * unit);
+}
+
+function bytes(name: string, raw: string, range: { min: number; max: number }, errors: string[]): number {
+  const n = parseBytes(raw);
+  if (n === null || n < range.min || n > range.max) {
+    errors.push(`${name} must be a size from ${range.min} bytes such as 65536, 64MiB or 10GiB, got "${raw.slice(0, 32)}"`);
+    return NaN;
+  }
+  return n;
+}
+
+function isRedisUrl(raw: string): boolean {
+  try {
+    const url = new URL(raw);
+    return (url.protocol === "redis:" || url.protocol === "rediss:") && url.hostname !== "";
+  } catch {
+    return false;
+  }
+}
+
+/** A Redis URL with its password (if any) masked, for logs. */
+export function redactUrl(raw: string): string {
+  try {
+    const url = new URL(raw);
+    if (url.password !== "") url.password = "***";
+    return url.toString();
+  } catch {
+    return "(invalid URL)";
+  }
 }
 
 function formatMs(ms: number): string {

@@ -1,3 +1,5 @@
+import type { EventLog } from "./event-log.ts";
+
 /**
  * Remembers event ids for the dedup window. An id counts as seen only once
  * its event is durable (`commit`); while a request is writing it, the id is
@@ -18,10 +20,29 @@ export class DedupIndex {
   private readonly seen = new Map<string, number>();
   private readonly inflight = new Map<string, Promise<void>>();
 
-  constructor(private windowMs: number) {}
+  /**
+   * @param maxIds memory bound: past it the oldest ids are forgotten early
+   *   (`onEvictedEarly` counts them), so a flood of new ids cannot exhaust memory.
+   */
+  constructor(
+    private windowMs: number,
+    private maxIds: number,
+    private readonly onEvictedEarly: (n: number) => void = () => {},
+  ) {}
 
-  setWindow(windowMs: number): void {
+  setLimits(windowMs: number, maxIds: number): void {
     this.windowMs = windowMs;
+    this.maxIds = maxIds;
+    this.prune(Date.now());
+  }
+
+  /** Start-up: remembers ids found in the event log, oldest first. */
+  restore(entries: Iterable<readonly [id: string, expiry: number]>): void {
+    for (const [id, expiry] of entries) {
+      this.seen.delete(id);
+      this.seen.set(id, expiry);
+    }
+    this.prune(Date.now());
   }
 
   private isSeen(id: string, now: number): boolean {
@@ -68,12 +89,12 @@ export class DedupIndex {
   /** The owned ids are durable: remember them for the window and wake waiters. */
   commit(ids: string[], claim: Claim, now = Date.now()): void {
     const expiry = now + this.windowMs;
-    this.prune(now);
     ids.forEach((id, i) => {
       if (!claim.owned[i]) return;
       this.seen.delete(id); // re-insert at the back to keep expiry order
       this.seen.set(id, expiry);
     });
+    this.prune(now);
     this.settle(ids, claim);
   }
 
@@ -89,16 +110,54 @@ export class DedupIndex {
     claim.wake();
   }
 
-  /** Drops expired ids from the front (bounded work per call keeps the request path flat). */
+  /**
+   * Drops expired ids from the front (bounded work per call keeps the request
+   * path flat), then the oldest ids past the cap.
+   */
   private prune(now: number): void {
     let budget = 1000;
     for (const [id, expiry] of this.seen) {
       if (expiry > now || budget-- === 0) break;
       this.seen.delete(id);
     }
+    let evicted = 0;
+    for (const id of this.seen.keys()) {
+      if (this.seen.size <= this.maxIds) break;
+      this.seen.delete(id);
+      evicted++;
+    }
+    if (evicted > 0) this.onEvictedEarly(evicted);
   }
 
   get size(): number {
     return this.seen.size;
   }
+}
+
+/**
+ * Rebuilds the duplicate window from the event log at start-up, so that a
+ * restart does not let a retry through: reads segments newest first, stops
+ * at the window's start or after `maxIds` ids, and returns the ids oldest first.
+ */
+export function idsFromLog(log: EventLog, windowMs: number, maxIds: number, now = Date.now()): [string, number][] {
+  const since = now - windowMs;
+  const found: [string, number][] = [];
+  for (const seq of log.segments().reverse()) {
+    const mtime = log.segmentMtime(seq);
+    if (mtime !== null && mtime < since) break; // every record in it is older
+    const records = log.segmentRecords(seq);
+    for (let i = records.length - 1; i >= 0; i--) {
+      let e: { event_id?: unknown; received_at?: unknown };
+      try {
+        e = JSON.parse(records[i]!.toString("utf8"));
+      } catch {
+        continue;
+      }
+      const at = typeof e.received_at === "string" ? Date.parse(e.received_at) : NaN;
+      if (typeof e.event_id !== "string" || !(at >= since)) continue;
+      found.push([e.event_id.toLowerCase(), at + windowMs]);
+      if (found.length >= maxIds) return found.reverse();
+    }
+  }
+  return found.reverse();
 }

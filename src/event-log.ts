@@ -1,25 +1,71 @@
-import { closeSync, fdatasync, fdatasyncSync, fstatSync, ftruncateSync, mkdirSync, openSync, readdirSync, readSync, unlinkSync, writeSync } from "node:fs";
+import {
+  closeSync, fdatasync, fdatasyncSync, fstatSync, ftruncateSync, mkdirSync, openSync, readdirSync, readSync, statSync, unlinkSync, writeSync,
+} from "node:fs";
 import { join } from "node:path";
+import { crc32 } from "./crc32.ts";
 
 /**
  * Append-only event log in PAYFLUX_DATA_DIR: NDJSON segment files named
  * `segment-<20-digit sequence>.ndjson`, so that name order is write order.
  *
- * Durability uses group commit: `append` queues text and returns a promise.
- * One flush at a time writes everything queued as one write and runs one
- * fdatasync off the event loop (node's thread pool); requests that arrive
- * meanwhile form the next group. All promises of a group resolve together
- * once their bytes are durable. A failed write or sync is cut back off the
- * file and rejects every promise of its group, so nothing half-written is
- * ever acknowledged or followed by more data.
+ * Framing: every line is one JSON object whose last member is
+ * `"crc":"<8 hex>"`, the CRC-32 of the line's bytes before `,"crc"`. A torn
+ * or half-written tail (a crash mid-write) fails that check or lacks its
+ * newline, and is cut on start-up; acknowledged records are always whole.
+ *
+ * Durability uses group commit: `append` queues records and returns a
+ * promise. One flush at a time writes everything queued as one write and
+ * runs one fdatasync off the event loop (node's thread pool); requests that
+ * arrive meanwhile form the next group. All promises of a group resolve
+ * together once their bytes are durable. A failed write or sync is cut back
+ * off the file and rejects every promise of its group, so nothing
+ * half-written is ever acknowledged or followed by more data.
  */
-export const SEGMENT_MAX_BYTES = 64 * 1024 * 1024;
 const SEGMENT_NAME = /^segment-(\d{20})\.ndjson$/;
+/** `,"crc":"xxxxxxxx"}` closes every line. */
+const CRC_SUFFIX_BYTES = 18;
+const NEWLINE = 0x0a;
 /** Health probes that touch the disk run at most this often. */
 const PROBE_INTERVAL_MS = 1000;
+/** A storage-full check re-reads the directory at most this often. */
+const RESCAN_INTERVAL_MS = 500;
+
+export interface LogLimits {
+  /** A segment is closed once it reaches this size. */
+  segmentBytes: number;
+  /** Closed segments older than this may be deleted. */
+  retentionMs: number;
+  /** Appends that would take the log past this size are refused (StorageFullError). */
+  maxBytes: number;
+}
+
+/** A place in the log: byte offset in the segment with this sequence number. */
+export interface LogPosition {
+  segment: number;
+  offset: number;
+}
+
+/** Appending would exceed PAYFLUX_STORAGE_MAX_BYTES: back-pressure, nothing was written. */
+export class StorageFullError extends Error {}
+
+export interface Recovery {
+  segment: string;
+  /** Bytes of torn tail cut off the last segment. */
+  truncatedBytes: number;
+  /** Damaged lines found before the tail (kept in place; readers skip them). */
+  corruptLines: number;
+}
+
+export interface LogHooks {
+  /** Seconds each group's write + fdatasync took. */
+  onFlush?: (seconds: number) => void;
+  /** Records that became durable. */
+  onDurable?: (records: number) => void;
+}
 
 interface Pending {
-  text: string;
+  data: Buffer;
+  records: number;
   resolve: () => void;
   reject: (err: Error) => void;
 }
@@ -28,8 +74,75 @@ export function segmentName(seq: number): string {
   return `segment-${String(seq).padStart(20, "0")}.ndjson`;
 }
 
-export function listSegments(dir: string): string[] {
-  return readdirSync(dir).filter((n) => SEGMENT_NAME.test(n)).sort();
+/** Sequence numbers of the segments in `dir`, oldest first. */
+export function listSegments(dir: string): number[] {
+  return readdirSync(dir)
+    .map((n) => SEGMENT_NAME.exec(n)?.[1])
+    .filter((s): s is string => s !== undefined)
+    .map(Number)
+    .sort((a, b) => a - b);
+}
+
+/** Frames records (JSON object texts) as log lines. */
+export function frame(records: string[]): Buffer {
+  const parts: Buffer[] = [];
+  for (const record of records) {
+    const bytes = Buffer.from(record);
+    const body = bytes.subarray(0, bytes.length - 1); // without the closing brace
+    parts.push(body, Buffer.from(`,"crc":"${crc32(body).toString(16).padStart(8, "0")}"}\n`));
+  }
+  return Buffer.concat(parts);
+}
+
+/** The record of one line (without its newline), with the crc member removed; null if the line is damaged. */
+export function unframe(line: Uint8Array): Buffer | null {
+  const n = line.length;
+  if (n <= CRC_SUFFIX_BYTES + 1 || line[n - 1] !== 0x7d /* } */) return null;
+  const suffix = Buffer.from(line.buffer, line.byteOffset + n - CRC_SUFFIX_BYTES, CRC_SUFFIX_BYTES).toString("latin1");
+  if (!suffix.startsWith(',"crc":"') || !suffix.endsWith('"}')) return null;
+  const expected = Number.parseInt(suffix.slice(8, 16), 16);
+  if (!/^[0-9a-f]{8}$/.test(suffix.slice(8, 16)) || crc32(line, 0, n - CRC_SUFFIX_BYTES) !== expected) return null;
+  const record = Buffer.allocUnsafe(n - CRC_SUFFIX_BYTES + 1);
+  record.set(line.subarray(0, n - CRC_SUFFIX_BYTES));
+  record[n - CRC_SUFFIX_BYTES] = 0x7d;
+  return record;
+}
+
+/** Splits `buf` into lines; returns the valid records, the damaged-line count and where the last whole line ends. */
+function scanLines(buf: Uint8Array): { records: Buffer[]; damaged: number; lastGoodEnd: number; wholeEnd: number } {
+  const records: Buffer[] = [];
+  let damaged = 0;
+  let start = 0;
+  let lastGoodEnd = 0;
+  for (;;) {
+    const nl = buf.indexOf(NEWLINE, start);
+    if (nl < 0) break;
+    const record = unframe(buf.subarray(start, nl));
+    if (record === null) damaged++;
+    else {
+      records.push(record);
+      lastGoodEnd = nl + 1;
+    }
+    start = nl + 1;
+  }
+  return { records, damaged, lastGoodEnd, wholeEnd: start };
+}
+
+function readWhole(path: string): Buffer {
+  const fd = openSync(path, "r");
+  try {
+    const size = fstatSync(fd).size;
+    const buf = Buffer.allocUnsafe(size);
+    let got = 0;
+    while (got < size) {
+      const n = readSync(fd, buf, got, size - got, got);
+      if (n === 0) break;
+      got += n;
+    }
+    return buf.subarray(0, got);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 export class EventLog {
@@ -37,26 +150,75 @@ export class EventLog {
   private seq = 0;
   /** Bytes of the current segment known to be durable; a failed write is truncated back to this. */
   private durableSize = 0;
+  /** Bytes of the closed segments, as of the last directory scan. */
+  private closedBytes = 0;
+  private closedCount = 0;
+  private lastScanAt = 0;
   private queue: Pending[] = [];
+  private queuedBytes = 0;
   private scheduled = false;
   /** A group's fdatasync is running on the thread pool. */
   private syncing = false;
+  private syncingBytes = 0;
   private lastFailure: Error | null = null;
   private lastProbeAt = 0;
+  /** Says whether a closed segment may be deleted besides its age (the forwarder: "already forwarded"). */
+  private deletable: (seq: number) => boolean = () => true;
 
-  private constructor(readonly dir: string) {}
+  private constructor(
+    readonly dir: string,
+    private limits: LogLimits,
+    private readonly hooks: LogHooks,
+    /** What start-up recovery found, if it had to cut anything. */
+    readonly recovery: Recovery | null,
+  ) {}
 
-  /** Opens (creating if needed) the data dir; throws with a clear message when it is unusable. */
-  static open(dir: string): EventLog {
+  /**
+   * Opens (creating if needed) the data dir and recovers the last segment:
+   * a torn tail is cut, everything before it stays. Throws when the
+   * directory is unusable.
+   */
+  static open(dir: string, limits: LogLimits, hooks: LogHooks = {}): EventLog {
     mkdirSync(dir, { recursive: true });
-    const log = new EventLog(dir);
     const segments = listSegments(dir);
-    const last = segments.at(-1);
-    log.seq = last === undefined ? 1 : Number(SEGMENT_NAME.exec(last)![1]);
-    log.openSegment();
-    // Never append after a partial last line or to a full segment: start a new one.
-    if (log.durableSize >= SEGMENT_MAX_BYTES || !log.endsWithNewline()) log.rollover();
+    const seq = segments.at(-1) ?? 1;
+    let recovery: Recovery | null = null;
+    let durableSize = 0;
+    if (segments.length > 0) {
+      const path = join(dir, segmentName(seq));
+      const buf = readWhole(path);
+      const scan = scanLines(buf);
+      durableSize = scan.lastGoodEnd;
+      // Damaged lines before the last good one are not a torn tail: keep them.
+      const corruptLines = scan.damaged - (scan.wholeEnd > scan.lastGoodEnd ? countLines(buf, scan.lastGoodEnd, scan.wholeEnd) : 0);
+      if (durableSize < buf.length || corruptLines > 0) {
+        recovery = { segment: segmentName(seq), truncatedBytes: buf.length - durableSize, corruptLines };
+      }
+      if (durableSize < buf.length) {
+        const fd = openSync(path, "r+");
+        try {
+          ftruncateSync(fd, durableSize);
+          fdatasyncSync(fd);
+        } finally {
+          closeSync(fd);
+        }
+      }
+    }
+    const log = new EventLog(dir, limits, hooks, recovery);
+    log.seq = seq;
+    log.openSegment(segments.length > 0 ? durableSize : undefined);
+    log.rescan(Date.now());
+    if (log.durableSize >= limits.segmentBytes) log.rollover();
     return log;
+  }
+
+  setLimits(limits: LogLimits): void {
+    this.limits = limits;
+  }
+
+  /** Lets the forwarder keep segments it has not sent yet (see sweep). */
+  setDeletable(deletable: (seq: number) => boolean): void {
+    this.deletable = deletable;
   }
 
   /** The error of the last failed write, or null once a write (or probe) succeeded. */
@@ -64,10 +226,31 @@ export class EventLog {
     return this.lastFailure;
   }
 
-  /** Queues `text` (whole NDJSON lines); resolves once it is on disk and flushed. */
-  append(text: string): Promise<void> {
+  /** Bytes on disk (closed segments + the durable part of the current one) and segment count. */
+  get stats(): { bytes: number; segments: number } {
+    return { bytes: this.closedBytes + this.durableSize, segments: this.closedCount + 1 };
+  }
+
+  get segmentPath(): string {
+    return join(this.dir, segmentName(this.seq));
+  }
+
+  /** Where durable data ends now: the forwarder never reads past it. */
+  durableEnd(): LogPosition {
+    return { segment: this.seq, offset: this.durableSize };
+  }
+
+  /**
+   * Queues records (JSON object texts, one event each); resolves once they
+   * are on disk and flushed. Rejects with StorageFullError, writing nothing,
+   * when they would take the log past PAYFLUX_STORAGE_MAX_BYTES.
+   */
+  append(records: string[]): Promise<void> {
+    const data = frame(records);
+    if (this.wouldExceed(data.length)) return Promise.reject(new StorageFullError("the event log is at PAYFLUX_STORAGE_MAX_BYTES"));
     return new Promise<void>((resolve, reject) => {
-      this.queue.push({ text, resolve, reject });
+      this.queue.push({ data, records: records.length, resolve, reject });
+      this.queuedBytes += data.length;
       if (!this.scheduled && !this.syncing) {
         this.scheduled = true;
         setImmediate(() => this.flush());
@@ -75,48 +258,72 @@ export class EventLog {
     });
   }
 
+  private wouldExceed(bytes: number): boolean {
+    const used = () => this.closedBytes + this.durableSize + this.syncingBytes + this.queuedBytes + bytes;
+    if (used() <= this.limits.maxBytes) return false;
+    // Room may have been made since the last look (retention, an operator): look again.
+    const now = Date.now();
+    if (now - this.lastScanAt >= RESCAN_INTERVAL_MS) this.sweep(now);
+    return used() > this.limits.maxBytes;
+  }
+
   /** Starts writing the queued group unless a flush is already running (its end starts the next). */
   private flush(): void {
     this.scheduled = false;
     if (this.syncing || this.queue.length === 0) return;
-    const group = this.queue;
-    this.queue = [];
+    const group = this.takeQueue();
+    const started = performance.now();
     let fd: number;
-    let size: number;
+    let bytes: number;
     try {
-      size = this.write(group);
+      bytes = this.write(group);
       fd = this.fd!;
     } catch (err) {
       this.settle(group, err as Error);
       return;
     }
     this.syncing = true;
+    this.syncingBytes = bytes;
     fdatasync(fd, (err) => {
       this.syncing = false;
+      this.syncingBytes = 0;
       if (err) this.settle(group, err);
-      else this.commit(group, size);
+      else this.commit(group, bytes, started);
       this.flush();
     });
   }
 
-  /** Writes a group to the page cache; returns the segment size once it is durable. */
-  private write(group: Pending[]): number {
-    if (this.fd === null) this.openSegment(this.durableSize);
-    const data = Buffer.from(group.length === 1 ? group[0]!.text : group.map((p) => p.text).join(""));
-    let written = 0;
-    while (written < data.length) written += writeSync(this.fd!, data, written, data.length - written);
-    return this.durableSize + data.length;
+  private takeQueue(): Pending[] {
+    const group = this.queue;
+    this.queue = [];
+    this.queuedBytes = 0;
+    return group;
   }
 
-  private commit(group: Pending[], size: number): void {
-    this.durableSize = size;
+  /** Writes a group to the page cache; returns its size. */
+  private write(group: Pending[]): number {
+    if (this.fd === null) this.openSegment(this.durableSize);
+    const data = group.length === 1 ? group[0]!.data : Buffer.concat(group.map((p) => p.data));
+    let written = 0;
+    while (written < data.length) written += writeSync(this.fd!, data, written, data.length - written);
+    return data.length;
+  }
+
+  private commit(group: Pending[], bytes: number, started: number): void {
+    this.durableSize += bytes;
     this.lastFailure = null;
+    this.hooks.onFlush?.((performance.now() - started) / 1000);
     try {
-      if (this.durableSize >= SEGMENT_MAX_BYTES) this.rollover();
+      if (this.durableSize >= this.limits.segmentBytes) this.rollover();
     } catch (err) {
       this.fail(err as Error); // the group is durable; the next append retries the new segment
     }
-    for (const p of group) p.resolve();
+    let records = 0;
+    for (const p of group) {
+      records += p.records;
+      p.resolve();
+    }
+    this.hooks.onDurable?.(records);
   }
 
   private settle(group: Pending[], err: Error): void {
@@ -126,13 +333,13 @@ export class EventLog {
 
   /** Writes and syncs everything still queued, synchronously (shutdown). */
   flushSync(): void {
-    const group = this.queue;
-    this.queue = [];
-    if (group.length === 0) return;
+    if (this.queue.length === 0) return;
+    const group = this.takeQueue();
+    const started = performance.now();
     try {
-      const size = this.write(group);
+      const bytes = this.write(group);
       fdatasyncSync(this.fd!);
-      this.commit(group, size);
+      this.commit(group, bytes, started);
     } catch (err) {
       this.settle(group, err as Error);
     }
@@ -165,15 +372,120 @@ export class EventLog {
     }
   }
 
+  /**
+   * Retention: deletes closed segments, oldest first, that are older than
+   * PAYFLUX_RETENTION and that `deletable` allows (already forwarded), then
+   * re-reads the sizes on disk. Returns how many segments were deleted.
+   */
+  sweep(now = Date.now()): number {
+    let deleted = 0;
+    for (const seq of listSegments(this.dir)) {
+      if (seq >= this.seq) break;
+      const path = join(this.dir, segmentName(seq));
+      try {
+        if (now - statSync(path).mtimeMs < this.limits.retentionMs || !this.deletable(seq)) break;
+        unlinkSync(path);
+        deleted++;
+      } catch {
+        break; // vanished or unreadable: the next sweep looks again
+      }
+    }
+    this.rescan(now);
+    return deleted;
+  }
+
+  /** Re-reads the sizes of the closed segments (an operator may have removed some). */
+  private rescan(now: number): void {
+    let bytes = 0;
+    let count = 0;
+    for (const seq of listSegments(this.dir)) {
+      if (seq >= this.seq) continue;
+      try {
+        bytes += statSync(join(this.dir, segmentName(seq))).size;
+        count++;
+      } catch {
+        // deleted meanwhile
+      }
+    }
+    this.closedBytes = bytes;
+    this.closedCount = count;
+    this.lastScanAt = now;
+  }
+
+  /**
+   * Reads durable records from `from`, at most about `maxBytes` (always at
+   * least one record), moving on to the next segment at a segment's end.
+   * Damaged lines are skipped. `next` is where the following read starts.
+   */
+  read(from: LogPosition, maxBytes: number): { records: Buffer[]; next: LogPosition } {
+    let { segment, offset } = from;
+    const end = this.durableEnd();
+    for (;;) {
+      if (segment > end.segment) return { records: [], next: { segment, offset } };
+      const path = join(this.dir, segmentName(segment));
+      let limit: number;
+      try {
+        limit = segment === end.segment ? end.offset : statSync(path).size;
+      } catch {
+        // The segment is gone (deleted by hand): continue with the next one that exists.
+        const nextSeq = listSegments(this.dir).find((s) => s > segment);
+        if (nextSeq === undefined) return { records: [], next: { segment, offset } };
+        segment = nextSeq;
+        offset = 0;
+        continue;
+      }
+      if (offset >= limit) {
+        if (segment === end.segment) return { records: [], next: { segment, offset } };
+        segment++;
+        offset = 0;
+        continue;
+      }
+      const fd = openSync(path, "r");
+      try {
+        let size = Math.min(maxBytes, limit - offset);
+        for (;;) {
+          const buf = Buffer.allocUnsafe(size);
+          const got = readSync(fd, buf, 0, size, offset);
+          const scan = scanLines(buf.subarray(0, got));
+          if (scan.wholeEnd > 0) return { records: scan.records, next: { segment, offset: offset + scan.wholeEnd } };
+          if (size >= limit - offset) {
+            // A closed segment that ends without a newline: skip its tail.
+            return { records: [], next: { segment: segment + 1, offset: 0 } };
+          }
+          size = Math.min(size * 2, limit - offset); // one record is longer than maxBytes
+        }
+      } finally {
+        closeSync(fd);
+      }
+    }
+  }
+
+  /** Every valid record of one segment (start-up: rebuilding the duplicate window). */
+  segmentRecords(seq: number): Buffer[] {
+    const path = join(this.dir, segmentName(seq));
+    const end = seq === this.seq ? this.durableSize : Infinity;
+    const buf = readWhole(path);
+    return scanLines(end < buf.length ? buf.subarray(0, end) : buf).records;
+  }
+
+  /** Modification time of a segment (ms), or null if it is gone. */
+  segmentMtime(seq: number): number | null {
+    try {
+      return statSync(join(this.dir, segmentName(seq))).mtimeMs;
+    } catch {
+      return null;
+    }
+  }
+
+  segments(): number[] {
+    return listSegments(this.dir);
+  }
+
   /** Flushes what is queued and closes the segment (graceful shutdown). */
   close(): void {
     this.flushSync();
     if (this.fd !== null) closeSync(this.fd);
     this.fd = null;
-  }
-
-  get segmentPath(): string {
-    return join(this.dir, segmentName(this.seq));
   }
 
   /**
@@ -196,20 +508,10 @@ export class EventLog {
   private rollover(): void {
     if (this.fd !== null) closeSync(this.fd);
     this.fd = null;
+    this.closedBytes += this.durableSize;
+    this.closedCount++;
     this.seq++;
     this.openSegment();
-  }
-
-  private endsWithNewline(): boolean {
-    if (this.durableSize === 0) return true;
-    const last = Buffer.alloc(1);
-    const fd = openSync(this.segmentPath, "r");
-    try {
-      readSync(fd, last, 0, 1, this.durableSize - 1);
-    } finally {
-      closeSync(fd);
-    }
-    return last[0] === 0x0a;
   }
 
   private fail(err: Error): void {
@@ -227,4 +529,10 @@ export class EventLog {
     }
     this.fd = null;
   }
+}
+
+function countLines(buf: Uint8Array, from: number, to: number): number {
+  let n = 0;
+  for (let i = buf.indexOf(NEWLINE, from); i >= 0 && i < to; i = buf.indexOf(NEWLINE, i + 1)) n++;
+  return n;
 }

@@ -3,6 +3,7 @@ import { readBody } from "./body.ts";
 import type { Config } from "./config.ts";
 import { dedupKey, validateEvent, type FieldError, type PaymentEvent } from "./events.ts";
 import type { Gateway } from "./gateway.ts";
+import { StorageFullError } from "./event-log.ts";
 import { rateLimitHeader } from "./limiter.ts";
 import type { IngestRoute, RejectReason } from "./metrics.ts";
 import { json, problem } from "./problem.ts";
@@ -144,18 +145,20 @@ async function store(gw: Gateway, events: PaymentEvent[], keyId: string): Promis
   const ids = events.map(dedupKey);
   const claim = await gw.dedup.claim(ids);
   const receivedAt = new Date().toISOString();
-  let lines = "";
-  let accepted = 0;
+  const records: string[] = [];
   for (let i = 0; i < events.length; i++) {
-    if (!claim.owned[i]) continue;
-    lines += JSON.stringify({ ...events[i], received_at: receivedAt, key_id: keyId }) + "\n";
-    accepted++;
+    if (claim.owned[i]) records.push(toRecord(events[i]!, receivedAt, keyId));
   }
+  const accepted = records.length;
   if (accepted > 0) {
     try {
-      await gw.log.append(lines);
+      await gw.log.append(records);
     } catch (err) {
       gw.dedup.release(ids, claim);
+      if (err instanceof StorageFullError) {
+        gw.throttle.warn("storage_full", { storage_bytes: gw.log.stats.bytes }, "event log is at PAYFLUX_STORAGE_MAX_BYTES; refusing events");
+        return reject(gw, 503, "storage_full", "the event store is full; nothing was stored, retry later", {}, { "retry-after": "5" });
+      }
       gw.throttle.error("storage", { err: (err as Error).message, data_dir: gw.log.dir }, "event log write failed");
       return reject(gw, 503, "storage_unavailable", "events could not be stored durably; nothing was stored, retry later", {}, { "retry-after": "1" });
     }
@@ -165,4 +168,18 @@ async function store(gw: Gateway, events: PaymentEvent[], keyId: string): Promis
   gw.metrics.duplicates.inc(claim.duplicates);
   gw.logger.debug({ key_id: keyId, accepted, duplicates: claim.duplicates }, "events accepted");
   return json(202, { accepted, duplicates: claim.duplicates });
+}
+
+/** Fields the service writes into every stored record; a client's own values of these names are replaced. */
+const RESERVED = ["received_at", "key_id", "crc"] as const;
+
+/** The stored form of an event: as sent, then `received_at` and `key_id` last (readers rely on that order). */
+function toRecord(event: PaymentEvent, receivedAt: string, keyId: string): string {
+  let e: Record<string, unknown> = event;
+  if (RESERVED.some((f) => f in e)) {
+    e = { ...e };
+    for (const f of RESERVED) delete e[f];
+  }
+  const json = JSON.stringify(e);
+  return `${json.slice(0, -1)},"received_at":"${receivedAt}","key_id":"${keyId}"}`;
 }

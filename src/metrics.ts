@@ -19,6 +19,7 @@ export const REJECT_REASONS = [
   "unsupported_media_type",
   "validation_failed",
   "storage_unavailable",
+  "storage_full",
 ] as const;
 export type RejectReason = (typeof REJECT_REASONS)[number];
 
@@ -26,10 +27,58 @@ const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0
 
 export type Metrics = ReturnType<typeof createMetrics>;
 
+/** Values read at scrape time from parts created after the metrics. */
+export interface MetricSources {
+  storage: () => { bytes: number; segments: number };
+  dedupIds: () => number;
+}
+
 export function createMetrics() {
   const registry = new Registry();
+  const sources: MetricSources = { storage: () => ({ bytes: 0, segments: 0 }), dedupIds: () => 0 };
   const m = {
     registry,
+    sources,
+    storageBytes: new Gauge({
+      name: "payflux_storage_bytes",
+      help: "Bytes of the event log on disk",
+      registers: [registry],
+      collect() {
+        this.set(sources.storage().bytes);
+      },
+    }),
+    storageSegments: new Gauge({
+      name: "payflux_storage_segments",
+      help: "Segment files of the event log",
+      registers: [registry],
+      collect() {
+        this.set(sources.storage().segments);
+      },
+    }),
+    recoveredTruncations: new Counter({
+      name: "payflux_storage_recovered_truncations_total",
+      help: "Torn tails cut off the event log at start-up (a crash mid-write)",
+      registers: [registry],
+    }),
+    flushDuration: new Histogram({
+      name: "payflux_storage_flush_duration_seconds",
+      help: "Time of one group commit: write plus fdatasync",
+      buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+      registers: [registry],
+    }),
+    dedupIds: new Gauge({
+      name: "payflux_dedup_ids",
+      help: "Event ids remembered for duplicate detection",
+      registers: [registry],
+      collect() {
+        this.set(sources.dedupIds());
+      },
+    }),
+    dedupEvicted: new Counter({
+      name: "payflux_dedup_evicted_total",
+      help: "Event ids forgotten before their window ended because PAYFLUX_DEDUP_MAX_IDS was reached",
+      registers: [registry],
+    }),
     authDenied: new Counter({
       name: "payflux_auth_denied_total",
       help: "Ingest requests denied by authentication, by reason",

@@ -1,9 +1,10 @@
 import { fingerprintOf, loadConfig, SETTING_VARIABLE, type Config } from "./config.ts";
+import type { LogLimits } from "./event-log.ts";
 import type { Gateway } from "./gateway.ts";
 import { setKeyCounts } from "./metrics.ts";
 
 /** Settings bound at start-up; a changed value waits for a restart. */
-const RESTART_ONLY = ["host", "port", "dataDir"] as const;
+const RESTART_ONLY = ["host", "port", "dataDir", "forwardRedisUrl", "forwardStream", "forwardMaxlen"] as const;
 const SETTINGS = Object.keys(SETTING_VARIABLE) as (keyof typeof SETTING_VARIABLE)[];
 
 /**
@@ -14,7 +15,8 @@ const SETTINGS = Object.keys(SETTING_VARIABLE) as (keyof typeof SETTING_VARIABLE
 export function applyConfig(gw: Gateway, next: Config): void {
   gw.config = next;
   gw.limiter.reconfigure(next.ingestRps, next.ingestBurst, next.keys.activeDigests());
-  gw.dedup.setWindow(next.dedupWindowMs);
+  gw.dedup.setLimits(next.dedupWindowMs, next.dedupMaxIds);
+  gw.log.setLimits(logLimits(next));
   gw.logger.level = next.logLevel;
   setKeyCounts(gw.metrics, next.keys.activeCount, next.keys.revokedCount);
 }
@@ -35,8 +37,9 @@ export function reloadConfig(gw: Gateway, env: Record<string, string | undefined
   const prev = gw.config;
   const candidate = result.config;
   // Restart-only settings keep their running value.
-  const next: Config = { ...candidate, host: prev.host, port: prev.port, dataDir: prev.dataDir };
+  const next: Config = { ...candidate };
   for (const name of RESTART_ONLY) {
+    (next as unknown as Record<string, unknown>)[name] = prev[name];
     const variable = SETTING_VARIABLE[name];
     if (candidate[name] !== prev[name]) logger.warn({ variable }, `${variable} changed in the config but only takes effect after a restart`);
   }
@@ -60,4 +63,8 @@ export function reloadConfig(gw: Gateway, env: Record<string, string | undefined
   metrics.lastReloadSuccessful.set(1);
   metrics.lastReloadSuccessTime.set(Date.now() / 1000);
   return true;
+}
+
+export function logLimits(c: Config): LogLimits {
+  return { segmentBytes: c.segmentBytes, retentionMs: c.retentionMs, maxBytes: c.storageMaxBytes };
 }

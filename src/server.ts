@@ -1,15 +1,18 @@
 import { createFetchHandler } from "./app.ts";
 import { loadConfig } from "./config.ts";
-import { DedupIndex } from "./dedup.ts";
+import { DedupIndex, idsFromLog } from "./dedup.ts";
 import { EventLog } from "./event-log.ts";
 import type { Gateway } from "./gateway.ts";
 import { RateLimiter } from "./limiter.ts";
 import { createLogger, LogThrottle } from "./logger.ts";
 import { createMetrics } from "./metrics.ts";
-import { applyConfig, reloadConfig } from "./reload.ts";
+import { applyConfig, logLimits, reloadConfig } from "./reload.ts";
 import { AddressInUseError, startHttpServer } from "./runtime.ts";
 import { EXIT } from "./exit-codes.ts";
 import { RUNTIME, VERSION } from "./version.ts";
+
+/** How often closed segments are checked against PAYFLUX_RETENTION. */
+const RETENTION_SWEEP_MS = 5000;
 
 /** `payflux serve`: load the config, open the event log, listen, and run until SIGTERM/SIGINT. */
 export async function serve(configFile: string | undefined): Promise<void> {
@@ -33,20 +36,34 @@ export async function serve(configFile: string | undefined): Promise<void> {
   const logger = createLogger(config.logLevel);
   for (const w of config.warnings) logger.warn(w);
 
+  const metrics = createMetrics();
   let log: EventLog;
   try {
-    log = EventLog.open(config.dataDir);
+    log = EventLog.open(config.dataDir, logLimits(config), { onFlush: (s) => metrics.flushDuration.observe(s) });
   } catch (err) {
     logger.fatal({ data_dir: config.dataDir, err: (err as Error).message }, "cannot open the event log in the data directory");
     process.exit(EXIT.CANT_CREATE);
   }
+  if (log.recovery !== null) {
+    const r = log.recovery;
+    if (r.truncatedBytes > 0) metrics.recoveredTruncations.inc();
+    logger.warn(
+      { segment: r.segment, truncated_bytes: r.truncatedBytes, corrupt_lines: r.corruptLines },
+      "event log recovered: cut a torn tail left by a crash (acknowledged events are never in it)",
+    );
+  }
 
-  const metrics = createMetrics();
+  const dedup = new DedupIndex(config.dedupWindowMs, config.dedupMaxIds, (n) => metrics.dedupEvicted.inc(n));
+  const restored = idsFromLog(log, config.dedupWindowMs, config.dedupMaxIds);
+  dedup.restore(restored);
+  metrics.sources.storage = () => log.stats;
+  metrics.sources.dedupIds = () => dedup.size;
+
   let server: ReturnType<typeof startHttpServer> | undefined;
   const gw: Gateway = {
     config,
     limiter: new RateLimiter(config.ingestRps, config.ingestBurst),
-    dedup: new DedupIndex(config.dedupWindowMs),
+    dedup,
     log,
     metrics,
     logger,
@@ -73,9 +90,14 @@ export async function serve(configFile: string | undefined): Promise<void> {
       config_fingerprint: config.fingerprint,
       data_dir: config.dataDir,
       segment: log.segmentPath,
+      dedup_ids_restored: restored.length,
     },
     "payflux listening",
   );
+
+  // Retention runs in the background; a full store also triggers it (see EventLog.append).
+  const retention = setInterval(() => log.sweep(), RETENTION_SWEEP_MS);
+  retention.unref?.();
 
   // A burst of SIGHUPs coalesces into reloads of the file's latest content.
   let reloadQueued = false;
@@ -98,6 +120,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
       server!.stop().then(() => true),
       new Promise<boolean>((resolve) => setTimeout(() => resolve(false), timeoutMs).unref?.()),
     ]);
+    clearInterval(retention);
     log.close();
     gw.throttle.stop();
     const inFlight = (await metrics.inFlight.get()).values[0]?.value ?? 0;

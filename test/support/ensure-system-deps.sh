@@ -8,6 +8,9 @@ set -euo pipefail
 declare -A NEEDED=(
   [promtool]=prometheus
   [systemd-analyze]=systemd
+  [redis-server]=redis-server
+  [nginx]=nginx
+  [haproxy]=haproxy
 )
 
 missing=()

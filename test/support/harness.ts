@@ -6,6 +6,7 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { unframe } from "../../src/event-log.ts";
 
 export const ROOT = resolve(import.meta.dir, "..", "..");
 export const MAIN = join(ROOT, "src", "main.ts");
@@ -248,12 +249,27 @@ export function metric(text: string, series: string): number | undefined {
 }
 
 /** All lines of all segment files in a data dir, parsed. */
+/**
+ * All records of all segment files in a data dir, parsed, with their framing
+ * (the trailing "crc" member) checked and removed. A damaged line throws.
+ */
 export async function storedEvents(dataDir: string): Promise<Record<string, any>[]> {
   const { readdirSync, readFileSync } = await import("node:fs");
   return readdirSync(dataDir)
     .filter((n) => n.startsWith("segment-"))
     .sort()
-    .flatMap((n) => readFileSync(join(dataDir, n), "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l)));
+    .flatMap((n) => {
+      const buf = readFileSync(join(dataDir, n));
+      const lines: Record<string, any>[] = [];
+      let start = 0;
+      for (let nl = buf.indexOf(10); nl >= 0; start = nl + 1, nl = buf.indexOf(10, start)) {
+        const record = unframe(buf.subarray(start, nl));
+        if (record === null) throw new Error(`damaged line in ${n} at byte ${start}`);
+        lines.push(JSON.parse(record.toString("utf8")));
+      }
+      if (start !== buf.length) throw new Error(`${n} ends without a newline`);
+      return lines;
+    });
 }
 
 export function removeDir(dir: string): void {
