@@ -48,6 +48,9 @@ export interface LogPosition {
 /** Appending would exceed PAYFLUX_STORAGE_MAX_BYTES: back-pressure, nothing was written. */
 export class StorageFullError extends Error {}
 
+/** The records are larger than PAYFLUX_STORAGE_MAX_BYTES itself: they could never be stored. */
+export class LargerThanStoreError extends Error {}
+
 export interface Recovery {
   segment: string;
   /** Bytes of torn tail cut off the last segment. */
@@ -247,6 +250,7 @@ export class EventLog {
    */
   append(records: string[]): Promise<void> {
     const data = frame(records);
+    if (data.length > this.limits.maxBytes) return Promise.reject(new LargerThanStoreError("larger than PAYFLUX_STORAGE_MAX_BYTES"));
     if (this.wouldExceed(data.length)) return Promise.reject(new StorageFullError("the event log is at PAYFLUX_STORAGE_MAX_BYTES"));
     return new Promise<void>((resolve, reject) => {
       this.queue.push({ data, records: records.length, resolve, reject });

@@ -3,7 +3,7 @@ import { readBody } from "./body.ts";
 import type { Config } from "./config.ts";
 import { dedupKey, validateEvent, type FieldError, type PaymentEvent } from "./events.ts";
 import type { Gateway } from "./gateway.ts";
-import { StorageFullError } from "./event-log.ts";
+import { LargerThanStoreError, StorageFullError } from "./event-log.ts";
 import { rateLimitHeader } from "./limiter.ts";
 import type { IngestRoute, RejectReason } from "./metrics.ts";
 import { json, problem } from "./problem.ts";
@@ -155,6 +155,10 @@ async function store(gw: Gateway, events: PaymentEvent[], keyId: string): Promis
       await gw.log.append(records);
     } catch (err) {
       gw.dedup.release(ids, claim);
+      if (err instanceof LargerThanStoreError) {
+        // Retrying could never help: this is not back-pressure.
+        return reject(gw, 413, "payload_too_large", "these events are larger than the whole event store (PAYFLUX_STORAGE_MAX_BYTES)");
+      }
       if (err instanceof StorageFullError) {
         gw.throttle.warn("storage_full", { storage_bytes: gw.log.stats.bytes }, "event log is at PAYFLUX_STORAGE_MAX_BYTES; refusing events");
         return reject(gw, 503, "storage_full", "the event store is full; nothing was stored, retry later", {}, { "retry-after": "5" });
