@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { loadConfig } from "./config.ts";
+import { loadConfig, redactUrl } from "./config.ts";
 import { EXIT } from "./exit-codes.ts";
 import { serve } from "./server.ts";
 import { RUNTIME, VERSION } from "./version.ts";
@@ -83,6 +83,7 @@ function checkConfig(configFile: string | undefined): void {
       `  limits:       body ${c.maxBodyBytes} bytes, batch ${c.maxBatch} events, dedup window ${c.dedupWindowMs / 1000}s`,
       `  metrics:      ${c.metricsEnabled ? (c.metricsTokenDigest ? "enabled, token required" : "enabled, open") : "disabled"}`,
       `  log level:    ${c.logLevel}`,
+      `  forward:      ${c.forwardRedisUrl === null ? "off" : `${redactUrl(c.forwardRedisUrl)} -> ${c.forwardStream} (maxlen ${c.forwardMaxlen})`}`,
       `  fingerprint:  ${c.fingerprint}`,
     ].join("\n"),
   );

@@ -1,6 +1,7 @@
 import type { Config } from "./config.ts";
 import type { DedupIndex } from "./dedup.ts";
 import type { EventLog } from "./event-log.ts";
+import type { Forwarder } from "./forwarder.ts";
 import type { RateLimiter } from "./limiter.ts";
 import type { Logger, LogThrottle } from "./logger.ts";
 import type { Metrics } from "./metrics.ts";
@@ -15,6 +16,8 @@ export interface Gateway {
   readonly limiter: RateLimiter;
   readonly dedup: DedupIndex;
   readonly log: EventLog;
+  /** The Redis Streams forwarder, or null when PAYFLUX_FORWARD_REDIS_URL is empty. */
+  readonly forwarder: Forwarder | null;
   readonly metrics: Metrics;
   readonly logger: Logger;
   readonly throttle: LogThrottle;

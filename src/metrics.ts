@@ -153,6 +153,27 @@ export function createMetrics() {
       help: "Unix time of the last config load that succeeded (start-up counts)",
       registers: [registry],
     }),
+    forwardEvents: new Counter({
+      name: "payflux_forward_events_total",
+      help: "Events sent to the Redis stream by result (failure: an attempt that failed; the events are retried)",
+      labelNames: ["result"] as const,
+      registers: [registry],
+    }),
+    forwardLag: new Gauge({
+      name: "payflux_forward_lag_events",
+      help: "Events durable in the local log that Redis has not acknowledged yet",
+      registers: [registry],
+    }),
+    forwardLastSuccess: new Gauge({
+      name: "payflux_forward_last_success_timestamp_seconds",
+      help: "Unix time of the last batch Redis acknowledged",
+      registers: [registry],
+    }),
+    forwardUp: new Gauge({
+      name: "payflux_forward_up",
+      help: "1 when the last exchange with Redis succeeded, 0 when the forwarder cannot reach it",
+      registers: [registry],
+    }),
     buildInfo: new Gauge({
       name: "payflux_build_info",
       help: "Always 1; labels carry the version and the JavaScript runtime",
@@ -166,6 +187,10 @@ export function createMetrics() {
   for (const name of ["nodejs_active_handles_total", "nodejs_active_requests_total", "nodejs_active_resources_total"]) {
     registry.removeSingleMetric(name);
   }
+
+  // The forwarder's series exist only when forwarding is on (it sets them):
+  // a payflux_forward_up 0 on an instance that does not forward would fire alerts.
+  for (const g of [m.forwardLag, m.forwardLastSuccess, m.forwardUp]) g.remove();
 
   // Every series that can be known at start-up exists at 0, so rate() and
   // absent() behave from the first scrape.

@@ -1,7 +1,8 @@
 import { createFetchHandler } from "./app.ts";
-import { loadConfig } from "./config.ts";
+import { loadConfig, redactUrl } from "./config.ts";
 import { DedupIndex, idsFromLog } from "./dedup.ts";
 import { EventLog } from "./event-log.ts";
+import { Forwarder } from "./forwarder.ts";
 import type { Gateway } from "./gateway.ts";
 import { RateLimiter } from "./limiter.ts";
 import { createLogger, LogThrottle } from "./logger.ts";
@@ -13,6 +14,8 @@ import { RUNTIME, VERSION } from "./version.ts";
 
 /** How often closed segments are checked against PAYFLUX_RETENTION. */
 const RETENTION_SWEEP_MS = 5000;
+/** At shutdown, how long the forwarder may finish the batch in flight before it is abandoned (re-sent after the restart). */
+const FORWARDER_STOP_MS = 2000;
 
 /** `payflux serve`: load the config, open the event log, listen, and run until SIGTERM/SIGINT. */
 export async function serve(configFile: string | undefined): Promise<void> {
@@ -38,24 +41,46 @@ export async function serve(configFile: string | undefined): Promise<void> {
 
   const metrics = createMetrics();
   let log: EventLog;
+  // Created after the log; every durable record wakes it and adds to its lag.
+  let forwarder: Forwarder | null = null;
   try {
-    log = EventLog.open(config.dataDir, logLimits(config), { onFlush: (s) => metrics.flushDuration.observe(s) });
+    log = EventLog.open(config.dataDir, logLimits(config), {
+      onFlush: (s) => metrics.flushDuration.observe(s),
+      onDurable: (records) => forwarder?.notify(records),
+    });
   } catch (err) {
     logger.fatal({ data_dir: config.dataDir, err: (err as Error).message }, "cannot open the event log in the data directory");
     process.exit(EXIT.CANT_CREATE);
   }
   if (log.recovery !== null) {
     const r = log.recovery;
-    if (r.truncatedBytes > 0) metrics.recoveredTruncations.inc();
-    logger.warn(
-      { segment: r.segment, truncated_bytes: r.truncatedBytes, corrupt_lines: r.corruptLines },
-      "event log recovered: cut a torn tail left by a crash (acknowledged events are never in it)",
-    );
+    const fields = { segment: r.segment, truncated_bytes: r.truncatedBytes, corrupt_lines: r.corruptLines };
+    if (r.truncatedBytes > 0) {
+      metrics.recoveredTruncations.inc();
+      logger.warn(fields, "event log recovered: cut a torn tail left by a crash (acknowledged events are never in it)");
+    }
+    if (r.corruptLines > 0) logger.warn(fields, "event log: damaged lines in the last segment are kept in place; readers skip them");
   }
 
   const dedup = new DedupIndex(config.dedupWindowMs, config.dedupMaxIds, (n) => metrics.dedupEvicted.inc(n));
   const restored = idsFromLog(log, config.dedupWindowMs, config.dedupMaxIds);
   dedup.restore(restored);
+  if (config.forwardRedisUrl !== null) {
+    try {
+      forwarder = Forwarder.open({
+        log,
+        dataDir: config.dataDir,
+        url: config.forwardRedisUrl,
+        stream: config.forwardStream,
+        maxlen: config.forwardMaxlen,
+        logger,
+        metrics,
+      });
+    } catch (err) {
+      logger.fatal({ data_dir: config.dataDir, err: (err as Error).message }, "cannot read the forward checkpoint in the data directory");
+      process.exit(EXIT.CANT_CREATE);
+    }
+  }
   metrics.sources.storage = () => log.stats;
   metrics.sources.dedupIds = () => dedup.size;
 
@@ -65,6 +90,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
     limiter: new RateLimiter(config.ingestRps, config.ingestBurst),
     dedup,
     log,
+    forwarder,
     metrics,
     logger,
     throttle: new LogThrottle(() => logger),
@@ -91,9 +117,12 @@ export async function serve(configFile: string | undefined): Promise<void> {
       data_dir: config.dataDir,
       segment: log.segmentPath,
       dedup_ids_restored: restored.length,
+      ...(config.forwardRedisUrl !== null ? { forward: { stream: config.forwardStream, url: redactUrl(config.forwardRedisUrl) } } : {}),
     },
     "payflux listening",
   );
+
+  forwarder?.start();
 
   // Retention runs in the background; a full store also triggers it (see EventLog.append).
   const retention = setInterval(() => log.sweep(), RETENTION_SWEEP_MS);
@@ -122,6 +151,8 @@ export async function serve(configFile: string | undefined): Promise<void> {
     ]);
     clearInterval(retention);
     log.close();
+    // After the last flush: the batch in flight finishes (its checkpoint saved) or is abandoned.
+    await forwarder?.stop(FORWARDER_STOP_MS);
     gw.throttle.stop();
     const inFlight = (await metrics.inFlight.get()).values[0]?.value ?? 0;
     if (!drained) {
