@@ -11,8 +11,44 @@ import { unframe } from "../../src/event-log.ts";
 export const ROOT = resolve(import.meta.dir, "..", "..");
 export const MAIN = join(ROOT, "src", "main.ts");
 export const BINARY = join(ROOT, "dist", "payflux");
+export const DENO_BINARY = join(ROOT, "dist", "payflux-deno");
 /** The bun that runs the tests also runs the service. */
 export const BUN = process.execPath;
+/** Deno from the `deno` devDependency. */
+export const DENO = join(ROOT, "node_modules", ".bin", "deno");
+/**
+ * The permissions `npm run start:deno` grants (see README), except that
+ * writing is limited to the test's own data dir.
+ */
+export const DENO_PERMISSIONS = ["--allow-net", "--allow-env", "--allow-sys=hostname", "--allow-read"];
+
+/** What runs the service: the source or a compiled binary, on Bun or on Deno. */
+export type Target = "bun" | "bun-binary" | "deno" | "deno-binary";
+export const ALL_TARGETS: Target[] = ["bun", "bun-binary", "deno", "deno-binary"];
+
+/**
+ * Targets the end-to-end suites (auth, rate limit, ingest, metrics, health,
+ * rotation) run against: PAYFLUX_TEST_TARGETS, comma-separated, or by
+ * default every target that can be built here. `deno-binary` needs Deno's
+ * `denort` runtime, which `deno compile` downloads from Deno's servers (not
+ * reachable from these machines): it is in the default set only when
+ * DENORT_BIN names a local copy.
+ */
+export const E2E_TARGETS: Target[] = (() => {
+  const raw = process.env.PAYFLUX_TEST_TARGETS;
+  if (raw === undefined || raw.trim() === "") {
+    return process.env.DENORT_BIN ? ALL_TARGETS : ALL_TARGETS.filter((t) => t !== "deno-binary");
+  }
+  const picked = raw.split(",").map((t) => t.trim()) as Target[];
+  const unknown = picked.filter((t) => !ALL_TARGETS.includes(t));
+  if (unknown.length > 0) throw new Error(`PAYFLUX_TEST_TARGETS: unknown target(s) ${unknown.join(", ")}; use ${ALL_TARGETS.join(", ")}`);
+  return picked;
+})();
+
+/** The `runtime` label payflux_build_info carries for a target. */
+export function runtimeOf(target: Target): "bun" | "deno" {
+  return target.startsWith("deno") ? "deno" : "bun";
+}
 
 export const KEY = "test-key-aaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 export const KEY2 = "test-key-bbbbbbbbbbbbbbbbbbbbbbbbbbbb";
@@ -30,7 +66,9 @@ export interface StartOptions {
   /** Extra environment (PAYFLUX_* etc.); the child gets no other PAYFLUX_* variables. */
   env?: Record<string, string>;
   args?: string[];
-  /** Run dist/payflux instead of the source. */
+  /** What runs the service (default "bun": the source on Bun). */
+  target?: Target;
+  /** Shorthand for target "bun-binary". */
   binary?: boolean;
   /** Defaults to a fresh temporary directory. */
   dataDir?: string;
@@ -57,8 +95,18 @@ export interface Server {
 
 const running = new Set<Server>();
 
-export function command(binary = false): string[] {
-  return binary ? [BINARY] : [BUN, MAIN];
+/** The command line that starts `payflux` for a target; Deno may write only to `dataDir`. */
+export function command(target: Target = "bun", dataDir?: string): string[] {
+  switch (target) {
+    case "bun":
+      return [BUN, MAIN];
+    case "bun-binary":
+      return [BINARY];
+    case "deno":
+      return [DENO, "run", "--no-prompt", ...DENO_PERMISSIONS, dataDir ? `--allow-write=${dataDir}` : "--allow-write", MAIN];
+    case "deno-binary":
+      return [DENO_BINARY];
+  }
 }
 
 export function baseEnv(extra: Record<string, string> = {}): Record<string, string> {
@@ -74,7 +122,9 @@ export async function startServer(opts: StartOptions = {}): Promise<Server> {
     PAYFLUX_DATA_DIR: dataDir,
     ...opts.env,
   });
-  const proc = Bun.spawn([...command(opts.binary), ...(opts.args ?? [])], { env, stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+  const target = opts.target ?? (opts.binary ? "bun-binary" : "bun");
+  if (target.endsWith("-binary")) await ensureBinary(target as "bun-binary" | "deno-binary");
+  const proc = Bun.spawn([...command(target, dataDir), ...(opts.args ?? [])], { env, stdout: "pipe", stderr: "pipe", stdin: "ignore" });
   const stdout: string[] = [];
   let stderrText = "";
   const waiters = new Set<() => void>();
@@ -177,20 +227,25 @@ export async function stopAll(): Promise<void> {
   }
 }
 
-/** Runs the CLI to completion. */
+/** Runs the CLI to completion (`binary`: dist/payflux, built beforehand with ensureBinary()). */
 export function runCli(args: string[], env: Record<string, string> = {}, binary = false) {
-  const r = Bun.spawnSync([...command(binary), ...args], { env: baseEnv(env), stdout: "pipe", stderr: "pipe" });
+  const r = Bun.spawnSync([...command(binary ? "bun-binary" : "bun"), ...args], { env: baseEnv(env), stdout: "pipe", stderr: "pipe" });
   return { code: r.exitCode, stdout: r.stdout.toString(), stderr: r.stderr.toString() };
 }
 
-let built: Promise<void> | null = null;
-/** Builds dist/payflux once per test run (with the same flags as `npm run build`). */
-export function ensureBinary(): Promise<void> {
-  built ??= (async () => {
-    const p = Bun.spawn(["npm", "run", "--silent", "build"], { cwd: ROOT, stdout: "pipe", stderr: "pipe" });
-    const code = await p.exited;
-    if (code !== 0) throw new Error(`npm run build failed: ${await new Response(p.stderr).text()}`);
-  })();
+const builds = new Map<string, Promise<void>>();
+/** Builds a binary once per test run, with the package's own script (`npm run build` or `npm run build:deno`). */
+export function ensureBinary(target: "bun-binary" | "deno-binary" = "bun-binary"): Promise<void> {
+  const script = target === "bun-binary" ? "build" : "build:deno";
+  let built = builds.get(script);
+  if (built === undefined) {
+    built = (async () => {
+      const p = Bun.spawn(["npm", "run", "--silent", script], { cwd: ROOT, stdout: "pipe", stderr: "pipe" });
+      const code = await p.exited;
+      if (code !== 0) throw new Error(`npm run ${script} failed: ${await new Response(p.stderr).text()}`);
+    })();
+    builds.set(script, built);
+  }
   return built;
 }
 
