@@ -1,8 +1,11 @@
+import { createServer } from "node:http";
+import { Readable } from "node:stream";
 import { MAX_BODY_CEILING } from "./config.ts";
 
 /**
  * Everything that differs between Bun and Deno lives here: starting and
- * stopping the HTTP server and the client address. The body-size limit is
+ * stopping the HTTP server and the client address (Bun.serve on Bun,
+ * node:http on Deno, see startOnNodeHttp). The body-size limit is
  * enforced by src/body.ts on both (Deno has no server limit; Bun's is only a
  * ceiling); signals use `process.on`, which both provide. The rest of src/
  * uses web standards and node: modules only.
@@ -20,19 +23,11 @@ export type FetchHandler = (request: Request) => Response | Promise<Response>;
 /** Thrown when the port is taken: a second listener must fail loudly, never share it. */
 export class AddressInUseError extends Error {}
 
-/** The parts of the Deno namespace used here (bun-types does not declare it). */
-interface DenoApi {
-  serve(
-    options: { hostname: string; port: number; reusePort?: boolean; onListen?: (addr: { port: number }) => void },
-    handler: (request: Request, info: { remoteAddr: { hostname: string } }) => Response | Promise<Response>,
-  ): { addr: { port: number }; shutdown(): Promise<void> };
-  errors: { AddrInUse: new (...args: unknown[]) => Error };
-}
+const onDeno = "Deno" in globalThis;
 
-const deno = (globalThis as { Deno?: DenoApi }).Deno;
-
-export function startHttpServer(host: string, port: number, fetch: FetchHandler): HttpServer {
-  return deno === undefined ? startOnBun(host, port, fetch) : startOnDeno(deno, host, port, fetch);
+/** Starts listening; rejects with AddressInUseError when the port is taken. */
+export async function startHttpServer(host: string, port: number, fetch: FetchHandler): Promise<HttpServer> {
+  return onDeno ? startOnNodeHttp(host, port, fetch) : startOnBun(host, port, fetch);
 }
 
 function startOnBun(host: string, port: number, fetch: FetchHandler): HttpServer {
@@ -58,21 +53,52 @@ function startOnBun(host: string, port: number, fetch: FetchHandler): HttpServer
   };
 }
 
-function startOnDeno(api: DenoApi, host: string, port: number, fetch: FetchHandler): HttpServer {
-  // Deno hands the peer address to the handler, not to a lookup on the server.
+/**
+ * Deno serves through its node:http implementation rather than Deno.serve:
+ * in Deno 2.9, `Deno.serve`'s shutdown() makes the body of a request that is
+ * still arriving unreadable (denoland/deno#36809), so SIGTERM could not drain
+ * in-flight requests as it does on Bun. node:http's close() stops accepting
+ * and lets them finish.
+ */
+async function startOnNodeHttp(host: string, port: number, fetch: FetchHandler): Promise<HttpServer> {
   const peers = new WeakMap<Request, string>();
-  let server: ReturnType<DenoApi["serve"]>;
-  try {
-    server = api.serve({ hostname: host, port, reusePort: false, onListen: () => {} }, (request, info) => {
-      peers.set(request, info.remoteAddr.hostname);
-      return fetch(request);
-    });
-  } catch (err) {
-    throw err instanceof api.errors.AddrInUse ? new AddressInUseError(`${host}:${port} is already in use`) : err;
-  }
+  const server = createServer(async (req, res) => {
+    try {
+      const headers = new Headers();
+      for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) headers.append(req.rawHeaders[i]!, req.rawHeaders[i + 1]!);
+      const hasBody = req.method !== "GET" && req.method !== "HEAD";
+      const request = new Request(`http://${headers.get("host") ?? host}${req.url ?? "/"}`, {
+        method: req.method,
+        headers,
+        body: hasBody ? (Readable.toWeb(req) as unknown as ReadableStream<Uint8Array>) : undefined,
+        // @ts-expect-error: `duplex` is required for a streamed body but missing from the DOM typings
+        duplex: "half",
+      });
+      if (req.socket.remoteAddress) peers.set(request, req.socket.remoteAddress.replace(/^::ffff:/, ""));
+      const response = await fetch(request);
+      res.writeHead(response.status, [...response.headers].flat());
+      if (response.body !== null && req.method !== "HEAD") {
+        for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) res.write(chunk);
+      }
+      res.end();
+    } catch {
+      if (!res.headersSent) res.writeHead(500);
+      res.end();
+    }
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", (err: NodeJS.ErrnoException) => reject(err.code === "EADDRINUSE" ? new AddressInUseError(`${host}:${port} is already in use`) : err));
+    server.listen(port, host, () => resolve());
+  });
+  const address = server.address();
   return {
-    port: server.addr.port,
-    stop: () => server.shutdown(),
+    port: typeof address === "object" && address !== null ? address.port : port,
+    stop: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        // Keep-alive connections with no request would hold close() open.
+        server.closeIdleConnections();
+      }),
     clientAddress: (request) => peers.get(request) ?? null,
   };
 }

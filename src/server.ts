@@ -8,7 +8,7 @@ import { RateLimiter } from "./limiter.ts";
 import { createLogger, LogThrottle } from "./logger.ts";
 import { createMetrics } from "./metrics.ts";
 import { applyConfig, logLimits, reloadConfig } from "./reload.ts";
-import { AddressInUseError, startHttpServer } from "./runtime.ts";
+import { AddressInUseError, startHttpServer, type HttpServer } from "./runtime.ts";
 import { EXIT } from "./exit-codes.ts";
 import { RUNTIME, VERSION } from "./version.ts";
 
@@ -84,7 +84,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
   metrics.sources.storage = () => log.stats;
   metrics.sources.dedupIds = () => dedup.size;
 
-  let server: ReturnType<typeof startHttpServer> | undefined;
+  let server: HttpServer | undefined;
   const gw: Gateway = {
     config,
     limiter: new RateLimiter(config.ingestRps, config.ingestBurst),
@@ -100,7 +100,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
   applyConfig(gw, config);
 
   try {
-    server = startHttpServer(config.host, config.port, createFetchHandler(gw));
+    server = await startHttpServer(config.host, config.port, createFetchHandler(gw));
   } catch (err) {
     logger.fatal({ err: (err as Error).message }, err instanceof AddressInUseError ? "the listen address is already in use" : "cannot start the HTTP server");
     process.exit(EXIT.UNAVAILABLE);

@@ -4,7 +4,7 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { rateLimitHeader, RateLimiter } from "../src/limiter.ts";
-import { BATCH, event, KEY, KEY2, metric, metricsText, post, SINGLE, startServer, stopAll, storedEvents, type Server } from "./support/harness.ts";
+import { BATCH, E2E_TARGETS, event, KEY, KEY2, metric, metricsText, post, SINGLE, startServer, stopAll, storedEvents, type Server } from "./support/harness.ts";
 
 afterAll(stopAll);
 
@@ -36,132 +36,146 @@ async function expectRateLimited(res: Response): Promise<number> {
   return Number(retryAfter);
 }
 
-describe("burst, then 429 (BURST=5, RPS=0.01)", () => {
-  let server: Server;
-  const accepted: string[] = [];
-  beforeAll(async () => {
-    server = await startServer({
-      env: { PAYFLUX_API_KEYS: `${KEY},${KEY2}`, PAYFLUX_INGEST_BURST: "5", PAYFLUX_INGEST_RPS: "0.01" },
+for (const target of E2E_TARGETS) {
+  describe(`[${target}] burst, then 429 (BURST=5, RPS=0.01)`, () => {
+    let server: Server;
+    const accepted: string[] = [];
+    beforeAll(async () => {
+      server = await startServer({
+        target,
+        env: { PAYFLUX_API_KEYS: `${KEY},${KEY2}`, PAYFLUX_INGEST_BURST: "5", PAYFLUX_INGEST_RPS: "0.01" },
+      });
+    });
+    afterAll(stopAll);
+
+    test("rate-limit series exist at 0 right after start-up", async () => {
+      const text = await metricsText(server);
+      expect(metric(text, limited(SINGLE))).toBe(0);
+      expect(metric(text, limited(BATCH))).toBe(0);
+      expect(metric(text, REJECTED_RATE)).toBe(0);
+    });
+
+    test("5 requests get 202 with RateLimit headers counting down 4,3,2,1,0", async () => {
+      const remaining: number[] = [];
+      for (let i = 0; i < 5; i++) {
+        const ev = event();
+        const res = await post(server, SINGLE, ev);
+        expect(res.status).toBe(202);
+        expect(await res.json()).toEqual({ accepted: 1, duplicates: 0 });
+        accepted.push(ev.event_id as string);
+        remaining.push(rateHeaders(res, 5));
+      }
+      expect(remaining).toEqual([4, 3, 2, 1, 0]);
+    });
+
+    test("the 6th gets 429 with Retry-After, problem+json and RateLimit headers; its body is not stored", async () => {
+      const ev = event();
+      const res = await post(server, SINGLE, ev);
+      expect(rateHeaders(res, 5)).toBe(0);
+      await expectRateLimited(res);
+      const stored = (await storedEvents(server.dataDir)).map((e) => e.event_id);
+      expect(stored).toEqual(accepted);
+      expect(stored).not.toContain(ev.event_id);
+    });
+
+    test("the 429 is logged at warn with key_id, client_ip 127.0.0.1, endpoint and retry_after", async () => {
+      const line = await server.waitForLog((l) => l.msg === "rate limit hit", 5000);
+      expect(line.level).toBe("warn");
+      expect(line.client_ip).toBe("127.0.0.1");
+      expect(line.endpoint).toBe(SINGLE);
+      expect(line.key_id).toMatch(/^[0-9a-f]{12}$/);
+      expect(line.retry_after).toBeGreaterThanOrEqual(1);
+    });
+
+    test("the 429 is counted under its endpoint and as a rejection", async () => {
+      const text = await metricsText(server);
+      expect(metric(text, limited(SINGLE))).toBe(1);
+      expect(metric(text, limited(BATCH))).toBe(0);
+      expect(metric(text, REJECTED_RATE)).toBe(1);
+      expect(metric(text, "payflux_ingest_accepted_total")).toBe(5);
+    });
+
+    test("the batch route shares the key's bucket but has its own endpoint label", async () => {
+      const res = await post(server, BATCH, [event(), event()]);
+      expect(rateHeaders(res, 5)).toBe(0);
+      await expectRateLimited(res);
+      const text = await metricsText(server);
+      expect(metric(text, limited(SINGLE))).toBe(1);
+      expect(metric(text, limited(BATCH))).toBe(1);
+      expect(metric(text, REJECTED_RATE)).toBe(2);
+      expect((await storedEvents(server.dataDir)).length).toBe(5);
+    });
+
+    test("a rate-limited request with a malformed body is still 429 (limit checked before parsing)", async () => {
+      await expectRateLimited(await post(server, SINGLE, "{not json"));
+      const text = await metricsText(server);
+      expect(metric(text, 'payflux_ingest_rejected_total{reason="malformed_json"}')).toBe(0);
+      expect(metric(text, REJECTED_RATE)).toBe(3);
+    });
+
+    test("buckets are per key: KEY is exhausted, KEY2 still gets 202 with a full bucket", async () => {
+      const res = await post(server, SINGLE, event(), { key: KEY2 });
+      expect(res.status).toBe(202);
+      expect(rateHeaders(res, 5)).toBe(4);
+      const batch = await post(server, BATCH, [event()], { key: KEY2 });
+      expect(batch.status).toBe(202);
+      expect(rateHeaders(batch, 5)).toBe(3);
+      // KEY is still limited.
+      await expectRateLimited(await post(server, SINGLE, event()));
+    });
+
+    test("auth denials are not counted as rate-limit rejections and leave buckets alone", async () => {
+      for (let i = 0; i < 3; i++) {
+        expect((await post(server, SINGLE, event(), { key: "not-a-configured-key-zzzzzzzzzz" })).status).toBe(401);
+      }
+      const res = await post(server, SINGLE, event(), { key: KEY2 });
+      expect(res.status).toBe(202);
+      expect(rateHeaders(res, 5)).toBe(2);
+      const text = await metricsText(server);
+      expect(metric(text, REJECTED_RATE)).toBe(4);
+      expect(metric(text, limited(SINGLE))).toBe(3);
     });
   });
 
-  test("rate-limit series exist at 0 right after start-up", async () => {
-    const text = await metricsText(server);
-    expect(metric(text, limited(SINGLE))).toBe(0);
-    expect(metric(text, limited(BATCH))).toBe(0);
-    expect(metric(text, REJECTED_RATE)).toBe(0);
-  });
+  describe(`[${target}] refill (RPS=20, BURST=1)`, () => {
+    let server: Server;
+    beforeAll(async () => {
+      server = await startServer({ target, env: { PAYFLUX_INGEST_BURST: "1", PAYFLUX_INGEST_RPS: "20" } });
+    });
+    afterAll(stopAll);
 
-  test("5 requests get 202 with RateLimit headers counting down 4,3,2,1,0", async () => {
-    const remaining: number[] = [];
-    for (let i = 0; i < 5; i++) {
-      const ev = event();
-      const res = await post(server, SINGLE, ev);
-      expect(res.status).toBe(202);
-      expect(await res.json()).toEqual({ accepted: 1, duplicates: 0 });
-      accepted.push(ev.event_id as string);
-      remaining.push(rateHeaders(res, 5));
-    }
-    expect(remaining).toEqual([4, 3, 2, 1, 0]);
-  });
-
-  test("the 6th gets 429 with Retry-After, problem+json and RateLimit headers; its body is not stored", async () => {
-    const ev = event();
-    const res = await post(server, SINGLE, ev);
-    expect(rateHeaders(res, 5)).toBe(0);
-    await expectRateLimited(res);
-    const stored = (await storedEvents(server.dataDir)).map((e) => e.event_id);
-    expect(stored).toEqual(accepted);
-    expect(stored).not.toContain(ev.event_id);
-  });
-
-  test("the 429 is counted under its endpoint and as a rejection", async () => {
-    const text = await metricsText(server);
-    expect(metric(text, limited(SINGLE))).toBe(1);
-    expect(metric(text, limited(BATCH))).toBe(0);
-    expect(metric(text, REJECTED_RATE)).toBe(1);
-    expect(metric(text, "payflux_ingest_accepted_total")).toBe(5);
-  });
-
-  test("the batch route shares the key's bucket but has its own endpoint label", async () => {
-    const res = await post(server, BATCH, [event(), event()]);
-    expect(rateHeaders(res, 5)).toBe(0);
-    await expectRateLimited(res);
-    const text = await metricsText(server);
-    expect(metric(text, limited(SINGLE))).toBe(1);
-    expect(metric(text, limited(BATCH))).toBe(1);
-    expect(metric(text, REJECTED_RATE)).toBe(2);
-    expect((await storedEvents(server.dataDir)).length).toBe(5);
-  });
-
-  test("a rate-limited request with a malformed body is still 429 (limit checked before parsing)", async () => {
-    await expectRateLimited(await post(server, SINGLE, "{not json"));
-    const text = await metricsText(server);
-    expect(metric(text, 'payflux_ingest_rejected_total{reason="malformed_json"}')).toBe(0);
-    expect(metric(text, REJECTED_RATE)).toBe(3);
-  });
-
-  test("buckets are per key: KEY is exhausted, KEY2 still gets 202 with a full bucket", async () => {
-    const res = await post(server, SINGLE, event(), { key: KEY2 });
-    expect(res.status).toBe(202);
-    expect(rateHeaders(res, 5)).toBe(4);
-    const batch = await post(server, BATCH, [event()], { key: KEY2 });
-    expect(batch.status).toBe(202);
-    expect(rateHeaders(batch, 5)).toBe(3);
-    // KEY is still limited.
-    await expectRateLimited(await post(server, SINGLE, event()));
-  });
-
-  test("auth denials are not counted as rate-limit rejections and leave buckets alone", async () => {
-    for (let i = 0; i < 3; i++) {
-      expect((await post(server, SINGLE, event(), { key: "not-a-configured-key-zzzzzzzzzz" })).status).toBe(401);
-    }
-    const res = await post(server, SINGLE, event(), { key: KEY2 });
-    expect(res.status).toBe(202);
-    expect(rateHeaders(res, 5)).toBe(2);
-    const text = await metricsText(server);
-    expect(metric(text, REJECTED_RATE)).toBe(4);
-    expect(metric(text, limited(SINGLE))).toBe(3);
-  });
-});
-
-describe("refill (RPS=20, BURST=1)", () => {
-  let server: Server;
-  beforeAll(async () => {
-    server = await startServer({ env: { PAYFLUX_INGEST_BURST: "1", PAYFLUX_INGEST_RPS: "20" } });
-  });
-
-  test("after a 429 the bucket refills and a later request gets 202", async () => {
-    // Fire requests back to back until one is refused (a token returns every 50 ms, so a
-    // slow machine may need a few tries); bounded so a limiter that never refuses fails.
-    let refused: Response | null = null;
-    for (let i = 0; i < 50 && refused === null; i++) {
-      const burst = await Promise.all([post(server, SINGLE, event()), post(server, SINGLE, event()), post(server, SINGLE, event())]);
-      for (const res of burst) {
-        if (res.status === 429 && refused === null) refused = res;
-        else {
-          expect([202, 429]).toContain(res.status);
-          await res.body?.cancel();
+    test("after a 429 the bucket refills and a later request gets 202", async () => {
+      // Fire requests back to back until one is refused (a token returns every 50 ms, so a
+      // slow machine may need a few tries); bounded so a limiter that never refuses fails.
+      let refused: Response | null = null;
+      for (let i = 0; i < 50 && refused === null; i++) {
+        const burst = await Promise.all([post(server, SINGLE, event()), post(server, SINGLE, event()), post(server, SINGLE, event())]);
+        for (const res of burst) {
+          if (res.status === 429 && refused === null) refused = res;
+          else {
+            expect([202, 429]).toContain(res.status);
+            await res.body?.cancel();
+          }
         }
       }
-    }
-    expect(refused).not.toBeNull();
-    // Retry-After is whole seconds and at least 1, even though a token is back within 50 ms.
-    expect(await expectRateLimited(refused!)).toBe(1);
+      expect(refused).not.toBeNull();
+      // Retry-After is whole seconds and at least 1, even though a token is back within 50 ms.
+      expect(await expectRateLimited(refused!)).toBe(1);
 
-    // Poll until accepted again, bounded to a few seconds.
-    const deadline = Date.now() + 5000;
-    let status = 0;
-    while (Date.now() < deadline) {
-      const res = await post(server, SINGLE, event());
-      status = res.status;
-      await res.body?.cancel();
-      if (status === 202) break;
-      await Bun.sleep(100);
-    }
-    expect(status).toBe(202);
+      // Poll until accepted again, bounded to a few seconds.
+      const deadline = Date.now() + 5000;
+      let status = 0;
+      while (Date.now() < deadline) {
+        const res = await post(server, SINGLE, event());
+        status = res.status;
+        await res.body?.cancel();
+        if (status === 202) break;
+        await Bun.sleep(100);
+      }
+      expect(status).toBe(202);
+    });
   });
-});
+}
 
 describe("RateLimiter (injected clock)", () => {
   test("starts full, one token per request, refuses when empty", () => {
