@@ -7,10 +7,10 @@
  */
 import { afterAll, beforeAll, describe, expect, test as bunTest } from "bun:test";
 import { readdirSync, renameSync, writeFileSync } from "node:fs";
-import { connect, createServer } from "node:net";
+import { createServer } from "node:net";
 import { join } from "node:path";
 import {
-  BATCH, event, KEY, KEY2, metric, metricsText, post, runCli, SINGLE, startServer, stopAll, storedEvents, tempDir, type Server,
+  BATCH, event, KEY, KEY2, metric, metricsText, post, runCli, SINGLE, startServer, stopAll, storedEvents, tcpConnect, tempDir, type Server,
 } from "./support/harness.ts";
 
 afterAll(stopAll);
@@ -469,17 +469,3 @@ function freePort(): Promise<number> {
   });
 }
 
-function tcpConnect(port: number): Promise<string> {
-  return new Promise((resolve) => {
-    const socket = connect(port, "127.0.0.1");
-    socket.setTimeout(5000, () => {
-      socket.destroy();
-      resolve("timeout");
-    });
-    socket.on("connect", () => {
-      socket.destroy();
-      resolve("connected");
-    });
-    socket.on("error", (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
-  });
-}

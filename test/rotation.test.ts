@@ -6,11 +6,13 @@
  * the step in force. Then SIGTERM with a request in flight: it is drained.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { connect } from "node:net";
 import { renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
   E2E_TARGETS,
+  slowPost,
+  tcpConnect,
+  waitInFlight,
   event,
   KEY,
   metric,
@@ -73,57 +75,6 @@ async function until<T>(what: string, fn: () => Promise<T | undefined | false> |
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await Bun.sleep(10);
   }
-}
-
-/** Opens a raw TCP connection: "connected", or the error code (ECONNREFUSED when nothing listens). */
-function tcpConnect(port: number): Promise<string> {
-  return new Promise((resolve) => {
-    const socket = connect(port, "127.0.0.1");
-    socket.setTimeout(5000, () => {
-      socket.destroy();
-      resolve("timeout");
-    });
-    socket.on("connect", () => {
-      socket.destroy();
-      resolve("connected");
-    });
-    socket.on("error", (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
-  });
-}
-
-/** Polls /metrics (each on a fresh connection) until payflux_http_requests_in_flight reaches `n`. */
-async function waitInFlight(server: Server, n: number): Promise<void> {
-  let last: number | undefined;
-  for (let i = 0; i < 250; i++) {
-    const res = await fetch(server.url + "/metrics", { headers: { connection: "close" } });
-    last = metric(await res.text(), "payflux_http_requests_in_flight");
-    if (last === n) return;
-    await Bun.sleep(20);
-  }
-  throw new Error(`payflux_http_requests_in_flight never reached ${n} (last ${last})`);
-}
-
-/** A POST whose body sends the first half of `json` now and the rest when `release()` is called. */
-function slowPost(server: Server, json: string) {
-  const enc = new TextEncoder();
-  const half = Math.floor(json.length / 2);
-  let release!: () => void;
-  const gate = new Promise<void>((r) => (release = r));
-  const body = new ReadableStream<Uint8Array>({
-    async start(controller) {
-      controller.enqueue(enc.encode(json.slice(0, half)));
-      await gate;
-      controller.enqueue(enc.encode(json.slice(half)));
-      controller.close();
-    },
-  });
-  const response = fetch(server.url + SINGLE, {
-    method: "POST",
-    headers: { authorization: `Bearer ${KEY}`, "content-type": "application/json" },
-    body,
-    duplex: "half",
-  } as RequestInit);
-  return { response, release };
 }
 
 afterAll(stopAll);

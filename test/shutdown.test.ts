@@ -3,26 +3,9 @@
  * sent when SIGTERM arrives), SIGINT, and a second server on a port in use.
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import { connect } from "node:net";
-import { event, KEY, metric, post, SINGLE, startServer, stopAll, storedEvents, type Server } from "./support/harness.ts";
+import { event, post, SINGLE, slowPost, startServer, stopAll, storedEvents, tcpConnect, waitInFlight } from "./support/harness.ts";
 
 afterAll(stopAll);
-
-/** Opens a raw TCP connection: "connected", or the error code (ECONNREFUSED when nothing listens). */
-function tcpConnect(port: number): Promise<string> {
-  return new Promise((resolve) => {
-    const socket = connect(port, "127.0.0.1");
-    socket.setTimeout(5000, () => {
-      socket.destroy();
-      resolve("timeout");
-    });
-    socket.on("connect", () => {
-      socket.destroy();
-      resolve("connected");
-    });
-    socket.on("error", (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
-  });
-}
 
 /** Tries to connect until refused (at most ~3 s): the listener closes just after the shutdown log line. */
 async function refusedSoon(port: number): Promise<string> {
@@ -33,41 +16,6 @@ async function refusedSoon(port: number): Promise<string> {
     await Bun.sleep(20);
   }
   return last;
-}
-
-/** Polls /metrics (each on a fresh connection) until payflux_http_requests_in_flight reaches `n`. */
-async function waitInFlight(server: Server, n: number): Promise<void> {
-  let last: number | undefined;
-  for (let i = 0; i < 250; i++) {
-    const res = await fetch(server.url + "/metrics", { headers: { connection: "close" } });
-    last = metric(await res.text(), "payflux_http_requests_in_flight");
-    if (last === n) return;
-    await Bun.sleep(20);
-  }
-  throw new Error(`payflux_http_requests_in_flight never reached ${n} (last ${last})`);
-}
-
-/** A POST whose body sends the first half of `json` now and the rest when `release()` is called. */
-function slowPost(server: Server, json: string) {
-  const enc = new TextEncoder();
-  const half = Math.floor(json.length / 2);
-  let release!: () => void;
-  const gate = new Promise<void>((r) => (release = r));
-  const body = new ReadableStream<Uint8Array>({
-    async start(controller) {
-      controller.enqueue(enc.encode(json.slice(0, half)));
-      await gate;
-      controller.enqueue(enc.encode(json.slice(half)));
-      controller.close();
-    },
-  });
-  const response = fetch(server.url + SINGLE, {
-    method: "POST",
-    headers: { authorization: `Bearer ${KEY}`, "content-type": "application/json" },
-    body,
-    duplex: "half",
-  } as RequestInit);
-  return { response, release };
 }
 
 describe("SIGTERM with a request in flight", () => {

@@ -5,6 +5,7 @@
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
+import { connect } from "node:net";
 import { join, resolve } from "node:path";
 import { unframe } from "../../src/event-log.ts";
 
@@ -329,4 +330,55 @@ export async function storedEvents(dataDir: string): Promise<Record<string, any>
 
 export function removeDir(dir: string): void {
   rmSync(dir, { recursive: true, force: true });
+}
+
+/** Opens a raw TCP connection: "connected", or the error code (ECONNREFUSED when nothing listens). */
+export function tcpConnect(port: number): Promise<string> {
+  return new Promise((resolve) => {
+    const socket = connect(port, "127.0.0.1");
+    socket.setTimeout(5000, () => {
+      socket.destroy();
+      resolve("timeout");
+    });
+    socket.on("connect", () => {
+      socket.destroy();
+      resolve("connected");
+    });
+    socket.on("error", (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+  });
+}
+
+/** Polls /metrics (each on a fresh connection) until payflux_http_requests_in_flight reaches `n`. */
+export async function waitInFlight(server: Server, n: number): Promise<void> {
+  let last: number | undefined;
+  for (let i = 0; i < 250; i++) {
+    const res = await fetch(server.url + "/metrics", { headers: { connection: "close" } });
+    last = metric(await res.text(), "payflux_http_requests_in_flight");
+    if (last === n) return;
+    await Bun.sleep(20);
+  }
+  throw new Error(`payflux_http_requests_in_flight never reached ${n} (last ${last})`);
+}
+
+/** A POST whose body sends the first half of `json` now and the rest when `release()` is called. */
+export function slowPost(server: Server, json: string) {
+  const enc = new TextEncoder();
+  const half = Math.floor(json.length / 2);
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  const body = new ReadableStream<Uint8Array>({
+    async start(controller) {
+      controller.enqueue(enc.encode(json.slice(0, half)));
+      await gate;
+      controller.enqueue(enc.encode(json.slice(half)));
+      controller.close();
+    },
+  });
+  const response = fetch(server.url + SINGLE, {
+    method: "POST",
+    headers: { authorization: `Bearer ${KEY}`, "content-type": "application/json" },
+    body,
+    duplex: "half",
+  } as RequestInit);
+  return { response, release };
 }
