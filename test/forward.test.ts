@@ -8,13 +8,13 @@
  */
 import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
-import { createServer, connect } from "node:net";
+import { connect } from "node:net";
 import { connect as tlsConnect } from "node:tls";
 import { join } from "node:path";
 import { Redis } from "ioredis";
 import { unframe } from "../src/event-log.ts";
 import {
-  BATCH, event, metric, metricsText, post, runCli, SINGLE, startServer, stopAll, storedEvents, tempDir, type Server,
+  BATCH, event, freePort, metric, metricsText, post, runCli, SINGLE, startServer, stopAll, storedEvents, tempDir, type Server,
 } from "./support/harness.ts";
 
 const REDIS_SERVER = "/usr/bin/redis-server";
@@ -77,17 +77,6 @@ function redisBinary(): string {
     throw new Error("redis-server is not installed: run `apt-get install redis-server` (Debian package redis-server); this test must not be skipped");
   }
   return path;
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const port = (srv.address() as { port: number }).port;
-      srv.close(() => resolve(port));
-    });
-  });
 }
 
 /** True once something on `port` answers a PING (any reply, NOAUTH included). */

@@ -7,10 +7,9 @@
  */
 import { afterAll, beforeAll, describe, expect, test as bunTest } from "bun:test";
 import { readdirSync, renameSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { join } from "node:path";
 import {
-  BATCH, event, KEY, KEY2, metric, metricsText, post, runCli, SINGLE, startServer, stopAll, storedEvents, tcpConnect, tempDir, type Server,
+  BATCH, event, freePort, KEY, KEY2, metric, metricsText, post, runCli, SINGLE, startServer, stopAll, storedEvents, tcpConnect, tempDir, until, type Server,
 } from "./support/harness.ts";
 
 afterAll(stopAll);
@@ -40,17 +39,6 @@ function writeEnv(file: string, vars: Vars, extraLines: string[] = []): void {
   const tmp = `${file}.tmp`;
   writeFileSync(tmp, [...lines, ...extraLines].join("\n") + "\n", { mode: 0o600 });
   renameSync(tmp, file);
-}
-
-/** Polls `fn` until it returns something other than undefined/false (bounded). */
-async function until<T>(what: string, fn: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined && v !== false) return v as T;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(10);
-  }
 }
 
 async function health(server: Server): Promise<{ status: number; body: Record<string, any> }> {
@@ -457,15 +445,4 @@ describe("logs", () => {
     }
   });
 });
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const port = (srv.address() as { port: number }).port;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 

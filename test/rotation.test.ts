@@ -10,6 +10,7 @@ import { renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
   E2E_TARGETS,
+  until,
   slowPost,
   tcpConnect,
   waitInFlight,
@@ -65,16 +66,6 @@ function writeEnv(file: string, vars: Vars): void {
   const tmp = `${file}.tmp`;
   writeFileSync(tmp, Object.entries({ ...LIMITS, ...vars }).map(([k, v]) => `${k}=${v}\n`).join(""), { mode: 0o600 });
   renameSync(tmp, file);
-}
-
-async function until<T>(what: string, fn: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined && v !== false) return v as T;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(10);
-  }
 }
 
 afterAll(stopAll);
