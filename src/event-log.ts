@@ -2,7 +2,7 @@ import {
   closeSync, fdatasync, fdatasyncSync, fstatSync, ftruncateSync, mkdirSync, openSync, readdirSync, readSync, statSync, unlinkSync, writeSync,
 } from "node:fs";
 import { join } from "node:path";
-import { crc32 } from "./crc32.ts";
+import { crc32 } from "node:zlib";
 
 /**
  * Append-only event log in PAYFLUX_DATA_DIR: NDJSON segment files named
@@ -67,7 +67,9 @@ export interface LogHooks {
 }
 
 interface Pending {
-  data: Buffer;
+  /** Framed lines. */
+  data: string;
+  bytes: number;
   records: number;
   resolve: () => void;
   reject: (err: Error) => void;
@@ -86,15 +88,14 @@ export function listSegments(dir: string): number[] {
     .sort((a, b) => a - b);
 }
 
-/** Frames records (JSON object texts) as log lines. */
-export function frame(records: string[]): Buffer {
-  const parts: Buffer[] = [];
+/** Frames records (JSON object texts) as log lines. zlib's crc32 is native on Bun, Deno and Node. */
+export function frame(records: string[]): string {
+  let out = "";
   for (const record of records) {
-    const bytes = Buffer.from(record);
-    const body = bytes.subarray(0, bytes.length - 1); // without the closing brace
-    parts.push(body, Buffer.from(`,"crc":"${crc32(body).toString(16).padStart(8, "0")}"}\n`));
+    const body = record.slice(0, -1); // without the closing brace
+    out += `${body},"crc":"${crc32(body).toString(16).padStart(8, "0")}"}\n`;
   }
-  return Buffer.concat(parts);
+  return out;
 }
 
 /** The record of one line (without its newline), with the crc member removed; null if the line is damaged. */
@@ -103,8 +104,8 @@ export function unframe(line: Uint8Array): Buffer | null {
   if (n <= CRC_SUFFIX_BYTES + 1 || line[n - 1] !== 0x7d /* } */) return null;
   const suffix = Buffer.from(line.buffer, line.byteOffset + n - CRC_SUFFIX_BYTES, CRC_SUFFIX_BYTES).toString("latin1");
   if (!suffix.startsWith(',"crc":"') || !suffix.endsWith('"}')) return null;
-  const expected = Number.parseInt(suffix.slice(8, 16), 16);
-  if (!/^[0-9a-f]{8}$/.test(suffix.slice(8, 16)) || crc32(line, 0, n - CRC_SUFFIX_BYTES) !== expected) return null;
+  const hex = suffix.slice(8, 16);
+  if (!/^[0-9a-f]{8}$/.test(hex) || crc32(line.subarray(0, n - CRC_SUFFIX_BYTES)) !== Number.parseInt(hex, 16)) return null;
   const record = Buffer.allocUnsafe(n - CRC_SUFFIX_BYTES + 1);
   record.set(line.subarray(0, n - CRC_SUFFIX_BYTES));
   record[n - CRC_SUFFIX_BYTES] = 0x7d;
@@ -250,11 +251,12 @@ export class EventLog {
    */
   append(records: string[]): Promise<void> {
     const data = frame(records);
-    if (data.length > this.limits.maxBytes) return Promise.reject(new LargerThanStoreError("larger than PAYFLUX_STORAGE_MAX_BYTES"));
-    if (this.wouldExceed(data.length)) return Promise.reject(new StorageFullError("the event log is at PAYFLUX_STORAGE_MAX_BYTES"));
+    const bytes = Buffer.byteLength(data);
+    if (bytes > this.limits.maxBytes) return Promise.reject(new LargerThanStoreError("larger than PAYFLUX_STORAGE_MAX_BYTES"));
+    if (this.wouldExceed(bytes)) return Promise.reject(new StorageFullError("the event log is at PAYFLUX_STORAGE_MAX_BYTES"));
     return new Promise<void>((resolve, reject) => {
-      this.queue.push({ data, records: records.length, resolve, reject });
-      this.queuedBytes += data.length;
+      this.queue.push({ data, bytes, records: records.length, resolve, reject });
+      this.queuedBytes += bytes;
       if (!this.scheduled && !this.syncing) {
         this.scheduled = true;
         setImmediate(() => this.flush());
@@ -307,7 +309,7 @@ export class EventLog {
   /** Writes a group to the page cache; returns its size. */
   private write(group: Pending[]): number {
     if (this.fd === null) this.openSegment(this.durableSize);
-    const data = group.length === 1 ? group[0]!.data : Buffer.concat(group.map((p) => p.data));
+    const data = Buffer.from(group.length === 1 ? group[0]!.data : group.map((p) => p.data).join(""));
     let written = 0;
     while (written < data.length) written += writeSync(this.fd!, data, written, data.length - written);
     return data.length;
