@@ -15,7 +15,8 @@ const ALLOW: Record<string, string> = {
 
 /** The HTTP routes, and a fetch handler that records the RED metrics of every response. */
 export function createFetchHandler(gw: Gateway): (request: Request) => Promise<Response> {
-  const app = new Elysia()
+  // strictPath: `/metrics/` must not serve what a proxy rule for `/metrics` blocks.
+  const app = new Elysia({ strictPath: true })
     .onError(({ code, request, error }) => {
       if (code === "NOT_FOUND") return notFound(request);
       gw.logger.error({ err: error instanceof Error ? error.message : String(error), code }, "request failed");

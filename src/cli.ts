@@ -12,7 +12,7 @@ export const USAGE = `Usage:
   payflux --help                       print this help
 
 The config comes from the environment, then FILE (or PAYFLUX_CONFIG), whose values win.
-Exit codes: 0 ok, 1 failure, 64 usage, 69 address in use, 73 data dir unusable, 78 bad config.`;
+Exit codes: 0 ok, 1 failure, 64 usage, 69 cannot listen, 73 data dir unusable or in use, 78 bad config.`;
 
 type Command = { name: "serve" | "check-config"; configFile: string | undefined } | { name: "keygen" | "version" | "help" };
 

@@ -286,15 +286,41 @@ function isRedisUrl(raw: string): boolean {
   }
 }
 
-/** A Redis URL with its password (if any) masked, for logs. */
+/** Query parameters that may carry a secret (ioredis reads `?password=` too). */
+const SECRET_PARAM = /pass|secret|token|key|auth/i;
+
+/** A Redis URL with its password and secret-looking query parameters masked, for logs. */
 export function redactUrl(raw: string): string {
   try {
     const url = new URL(raw);
     if (url.password !== "") url.password = "***";
-    return url.toString();
+    for (const name of [...url.searchParams.keys()]) if (SECRET_PARAM.test(name)) url.searchParams.set(name, "***");
+    return url.toString().replaceAll("%2A%2A%2A", "***");
   } catch {
     return "(invalid URL)";
   }
+}
+
+/** The secrets a Redis URL carries (raw and decoded), so that no message can repeat them. */
+export function urlSecrets(raw: string): string[] {
+  const out = new Set<string>();
+  try {
+    const url = new URL(raw);
+    const values = [url.password, ...[...url.searchParams].filter(([name]) => SECRET_PARAM.test(name)).map(([, v]) => v)];
+    for (const v of values) {
+      if (v === "") continue;
+      out.add(v);
+      out.add(encodeURIComponent(v));
+      try {
+        out.add(decodeURIComponent(v));
+      } catch {
+        // keep the other forms
+      }
+    }
+  } catch {
+    // an invalid URL never reaches the forwarder
+  }
+  return [...out];
 }
 
 function formatMs(ms: number): string {

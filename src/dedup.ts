@@ -50,38 +50,43 @@ export class DedupIndex {
     return expiry !== undefined && expiry > now;
   }
 
-  /** Decides, for each id, whether this request stores it or it is a duplicate (repeats within `ids` included). */
+  /**
+   * Decides, for each id, whether this request stores it or it is a
+   * duplicate (repeats within `ids` included). Ids another request is writing
+   * are waited for. All or nothing: a request takes its ids only when none of
+   * them is held by another, so a waiting request holds nothing and two
+   * requests can never wait on each other.
+   */
   async claim(ids: string[], now = Date.now()): Promise<Claim> {
     const owned = new Array<boolean>(ids.length).fill(false);
     let duplicates = 0;
-    let wake!: () => void;
-    const mine = new Promise<void>((resolve) => (wake = resolve));
-    const firstIndex = new Map<string, number>();
-    let waiting: number[] = [];
-    ids.forEach((id, i) => {
-      if (firstIndex.has(id) || this.isSeen(id, now)) duplicates++;
-      else {
-        firstIndex.set(id, i);
-        waiting.push(i);
-      }
-    });
-    while (waiting.length > 0) {
-      const others: Promise<void>[] = [];
-      const still: number[] = [];
-      for (const i of waiting) {
-        const id = ids[i]!;
+    const first = new Map<string, number>(); // id -> its first index, for ids not seen yet
+    for (let i = 0; i < ids.length; i++) {
+      const id = ids[i]!;
+      if (first.has(id) || this.isSeen(id, now)) duplicates++;
+      else first.set(id, i);
+    }
+    for (;;) {
+      const held: Promise<void>[] = [];
+      for (const id of first.keys()) {
         const other = this.inflight.get(id);
-        if (this.isSeen(id, Date.now())) duplicates++;
-        else if (other === undefined) {
-          this.inflight.set(id, mine);
-          owned[i] = true;
-        } else {
-          others.push(other);
-          still.push(i);
+        if (other !== undefined) held.push(other);
+      }
+      if (held.length === 0) break;
+      await Promise.all(held);
+      const at = Date.now();
+      for (const id of [...first.keys()]) {
+        if (this.isSeen(id, at)) {
+          first.delete(id);
+          duplicates++;
         }
       }
-      if (others.length > 0) await Promise.all(others);
-      waiting = still;
+    }
+    let wake!: () => void;
+    const mine = new Promise<void>((resolve) => (wake = resolve));
+    for (const [id, i] of first) {
+      this.inflight.set(id, mine);
+      owned[i] = true;
     }
     return { owned, duplicates, wake };
   }

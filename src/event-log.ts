@@ -1,5 +1,5 @@
 import {
-  closeSync, fdatasync, fdatasyncSync, fstatSync, ftruncateSync, mkdirSync, openSync, readdirSync, readSync, statSync, unlinkSync, writeSync,
+  closeSync, fdatasync, fdatasyncSync, fsyncSync, fstatSync, ftruncateSync, mkdirSync, openSync, readdirSync, readSync, statSync, unlinkSync, writeSync,
 } from "node:fs";
 import { join } from "node:path";
 import { crc32 } from "node:zlib";
@@ -166,6 +166,8 @@ export class EventLog {
   private syncingBytes = 0;
   private lastFailure: Error | null = null;
   private lastProbeAt = 0;
+  /** Why the last retention sweep could not read the directory, or null. */
+  sweepFailure: Error | null = null;
   /** Says whether a closed segment may be deleted besides its age (the forwarder: "already forwarded"). */
   private deletable: (seq: number) => boolean = () => true;
 
@@ -211,7 +213,8 @@ export class EventLog {
     const log = new EventLog(dir, limits, hooks, recovery);
     log.seq = seq;
     log.openSegment(segments.length > 0 ? durableSize : undefined);
-    log.rescan(Date.now());
+    if (segments.length === 0) log.syncDir();
+    log.sweep(0); // sizes only: at time 0 no segment is past retention
     if (log.durableSize >= limits.segmentBytes) log.rollover();
     return log;
   }
@@ -380,42 +383,45 @@ export class EventLog {
 
   /**
    * Retention: deletes closed segments, oldest first, that are older than
-   * PAYFLUX_RETENTION and that `deletable` allows (already forwarded), then
-   * re-reads the sizes on disk. Returns how many segments were deleted.
+   * PAYFLUX_RETENTION and that `deletable` allows (already forwarded), and
+   * re-reads the sizes of the others (an operator may have removed some).
+   * Returns how many segments were deleted. Never throws: when the directory
+   * cannot be read (out of file descriptors, say) it keeps the sizes it knew
+   * and reports the error in `sweepFailure`.
    */
   sweep(now = Date.now()): number {
     let deleted = 0;
-    for (const seq of listSegments(this.dir)) {
-      if (seq >= this.seq) break;
-      const path = join(this.dir, segmentName(seq));
-      try {
-        if (now - statSync(path).mtimeMs < this.limits.retentionMs || !this.deletable(seq)) break;
-        unlinkSync(path);
-        deleted++;
-      } catch {
-        break; // vanished or unreadable: the next sweep looks again
-      }
-    }
-    this.rescan(now);
-    return deleted;
-  }
-
-  /** Re-reads the sizes of the closed segments (an operator may have removed some). */
-  private rescan(now: number): void {
     let bytes = 0;
     let count = 0;
-    for (const seq of listSegments(this.dir)) {
-      if (seq >= this.seq) continue;
-      try {
-        bytes += statSync(join(this.dir, segmentName(seq))).size;
-        count++;
-      } catch {
-        // deleted meanwhile
+    let expiring = true; // deletion stops at the first segment that must stay
+    try {
+      for (const seq of listSegments(this.dir)) {
+        if (seq >= this.seq) break;
+        const path = join(this.dir, segmentName(seq));
+        let st;
+        try {
+          st = statSync(path);
+        } catch {
+          continue; // vanished meanwhile
+        }
+        expiring &&= now - st.mtimeMs >= this.limits.retentionMs && this.deletable(seq);
+        if (expiring) {
+          unlinkSync(path);
+          deleted++;
+        } else {
+          bytes += st.size;
+          count++;
+        }
       }
+    } catch (err) {
+      this.sweepFailure = err as Error;
+      return deleted;
     }
+    this.sweepFailure = null;
     this.closedBytes = bytes;
     this.closedCount = count;
     this.lastScanAt = now;
+    return deleted;
   }
 
   /**
@@ -517,7 +523,19 @@ export class EventLog {
     this.closedBytes += this.durableSize;
     this.closedCount++;
     this.seq++;
+    this.durableSize = 0; // also right if opening fails: the next write retries this new, empty segment
     this.openSegment();
+    this.syncDir();
+  }
+
+  /** Makes a new segment's directory entry durable, so its fdatasync'd records survive a power loss. */
+  private syncDir(): void {
+    const fd = openSync(this.dir, "r");
+    try {
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
   }
 
   private fail(err: Error): void {

@@ -5,9 +5,9 @@ export const EXIT = {
   SOFTWARE: 1,
   /** Unknown command or flag. */
   USAGE: 64,
-  /** The listen address is in use or the server could not start. */
+  /** The listen address is in use or cannot be bound (e.g. a port below 1024 without the capability). */
   UNAVAILABLE: 69,
-  /** The data directory or event log cannot be created or opened. */
+  /** The data directory cannot be created, opened or locked (another process uses it). */
   CANT_CREATE: 73,
   /** The configuration is invalid (systemd does not restart on this one). */
   CONFIG: 78,

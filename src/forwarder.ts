@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import { open, rename } from "node:fs/promises";
 import { join } from "node:path";
 import { Redis } from "ioredis";
-import { redactUrl } from "./config.ts";
+import { redactUrl, urlSecrets } from "./config.ts";
 import type { EventLog, LogPosition } from "./event-log.ts";
 import type { Logger } from "./logger.ts";
 import type { Metrics } from "./metrics.ts";
@@ -83,7 +83,7 @@ export class Forwarder {
     this.pos = start;
     this.saved = start;
     this.redactedUrl = redactUrl(o.url);
-    this.secrets = passwordsOf(o.url);
+    this.secrets = urlSecrets(o.url);
     this.lag = countRecords(o.log, start);
     const m = o.metrics;
     m.forwardEvents.inc({ result: "success" }, 0);
@@ -365,25 +365,5 @@ function countRecords(log: EventLog, from: LogPosition): number {
     n += records.length;
     if (records.length === 0 && next.segment === pos.segment && next.offset === pos.offset) return n;
     pos = next;
-  }
-}
-
-/** The URL's password, raw and decoded, so that no message can carry it. */
-function passwordsOf(raw: string): string[] {
-  try {
-    const url = new URL(raw);
-    const out = new Set<string>();
-    const s = url.password;
-    if (s.length > 0) {
-      out.add(s);
-      try {
-        out.add(decodeURIComponent(s));
-      } catch {
-        // keep the raw form only
-      }
-    }
-    return [...out];
-  } catch {
-    return [];
   }
 }

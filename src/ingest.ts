@@ -142,36 +142,42 @@ async function ingestEvents(gw: Gateway, config: Config, request: Request, route
 
 /** Drops duplicates, appends the rest to the event log, and answers 202 once they are durable. */
 async function store(gw: Gateway, events: PaymentEvent[], keyId: string): Promise<Response> {
+  // Serialised before any id is claimed: an event that cannot be (nested too deeply) changes nothing.
+  const receivedAt = new Date().toISOString();
+  let records: string[];
+  try {
+    records = events.map((e) => toRecord(e, receivedAt, keyId));
+  } catch {
+    return reject(gw, 400, "malformed_json", "an event is nested too deeply to be stored");
+  }
   const ids = events.map(dedupKey);
   const claim = await gw.dedup.claim(ids);
-  const receivedAt = new Date().toISOString();
-  const records: string[] = [];
-  for (let i = 0; i < events.length; i++) {
-    if (claim.owned[i]) records.push(toRecord(events[i]!, receivedAt, keyId));
+  try {
+    const owned = records.filter((_, i) => claim.owned[i]);
+    if (owned.length > 0) await gw.log.append(owned);
+    gw.dedup.commit(ids, claim);
+    gw.metrics.accepted.inc(owned.length);
+    gw.metrics.duplicates.inc(claim.duplicates);
+    gw.logger.debug({ key_id: keyId, accepted: owned.length, duplicates: claim.duplicates }, "events accepted");
+    return json(202, { accepted: owned.length, duplicates: claim.duplicates });
+  } catch (err) {
+    // Whatever failed, the ids stay unseen and requests waiting on them go on.
+    gw.dedup.release(ids, claim);
+    return storageFailure(gw, err);
   }
-  const accepted = records.length;
-  if (accepted > 0) {
-    try {
-      await gw.log.append(records);
-    } catch (err) {
-      gw.dedup.release(ids, claim);
-      if (err instanceof LargerThanStoreError) {
-        // Retrying could never help: this is not back-pressure.
-        return reject(gw, 413, "payload_too_large", "these events are larger than the whole event store (PAYFLUX_STORAGE_MAX_BYTES)");
-      }
-      if (err instanceof StorageFullError) {
-        gw.throttle.warn("storage_full", { storage_bytes: gw.log.stats.bytes }, "event log is at PAYFLUX_STORAGE_MAX_BYTES; refusing events");
-        return reject(gw, 503, "storage_full", "the event store is full; nothing was stored, retry later", {}, { "retry-after": "5" });
-      }
-      gw.throttle.error("storage", { err: (err as Error).message, data_dir: gw.log.dir }, "event log write failed");
-      return reject(gw, 503, "storage_unavailable", "events could not be stored durably; nothing was stored, retry later", {}, { "retry-after": "1" });
-    }
+}
+
+function storageFailure(gw: Gateway, err: unknown): Response {
+  if (err instanceof LargerThanStoreError) {
+    // Retrying could never help: this is not back-pressure.
+    return reject(gw, 413, "payload_too_large", "these events are larger than the whole event store (PAYFLUX_STORAGE_MAX_BYTES)");
   }
-  gw.dedup.commit(ids, claim);
-  gw.metrics.accepted.inc(accepted);
-  gw.metrics.duplicates.inc(claim.duplicates);
-  gw.logger.debug({ key_id: keyId, accepted, duplicates: claim.duplicates }, "events accepted");
-  return json(202, { accepted, duplicates: claim.duplicates });
+  if (err instanceof StorageFullError) {
+    gw.throttle.warn("storage_full", { storage_bytes: gw.log.stats.bytes }, "event log is at PAYFLUX_STORAGE_MAX_BYTES; refusing events");
+    return reject(gw, 503, "storage_full", "the event store is full; nothing was stored, retry later", {}, { "retry-after": "5" });
+  }
+  gw.throttle.error("storage", { err: (err as Error).message, data_dir: gw.log.dir }, "event log write failed");
+  return reject(gw, 503, "storage_unavailable", "events could not be stored durably; nothing was stored, retry later", {}, { "retry-after": "1" });
 }
 
 /** Fields the service writes into every stored record; a client's own values of these names are replaced. */

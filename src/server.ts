@@ -1,5 +1,6 @@
 import { createFetchHandler } from "./app.ts";
 import { loadConfig, redactUrl } from "./config.ts";
+import { DataDirInUseError, lockDataDir } from "./data-dir-lock.ts";
 import { DedupIndex, idsFromLog } from "./dedup.ts";
 import { EventLog } from "./event-log.ts";
 import { Forwarder } from "./forwarder.ts";
@@ -38,6 +39,15 @@ export async function serve(configFile: string | undefined): Promise<void> {
   const config = loaded.config;
   const logger = createLogger(config.logLevel);
   for (const w of config.warnings) logger.warn(w);
+
+  // Taken before the log is touched: recovery must never cut another live process's records.
+  let dataDirLock: { release(): void };
+  try {
+    dataDirLock = await lockDataDir(config.dataDir);
+  } catch (err) {
+    logger.fatal({ data_dir: config.dataDir, err: (err as Error).message }, err instanceof DataDirInUseError ? "the data directory is in use" : "cannot lock the data directory");
+    process.exit(EXIT.CANT_CREATE);
+  }
 
   const metrics = createMetrics();
   let log: EventLog;
@@ -102,7 +112,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
   try {
     server = await startHttpServer(config.host, config.port, createFetchHandler(gw));
   } catch (err) {
-    logger.fatal({ err: (err as Error).message }, err instanceof AddressInUseError ? "the listen address is already in use" : "cannot start the HTTP server");
+    logger.fatal({ err: (err as Error).message }, err instanceof AddressInUseError ? "the listen address is already in use" : "cannot listen on the configured address");
     process.exit(EXIT.UNAVAILABLE);
   }
   logger.info(
@@ -125,7 +135,10 @@ export async function serve(configFile: string | undefined): Promise<void> {
   forwarder?.start();
 
   // Retention runs in the background; a full store also triggers it (see EventLog.append).
-  const retention = setInterval(() => log.sweep(), RETENTION_SWEEP_MS);
+  const retention = setInterval(() => {
+    log.sweep();
+    if (log.sweepFailure !== null) gw.throttle.error("retention", { err: log.sweepFailure.message, data_dir: config.dataDir }, "retention could not read the data directory; will retry");
+  }, RETENTION_SWEEP_MS);
   retention.unref?.();
 
   // A burst of SIGHUPs coalesces into reloads of the file's latest content.
@@ -153,6 +166,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
     log.close();
     // After the last flush: the batch in flight finishes (its checkpoint saved) or is abandoned.
     await forwarder?.stop(FORWARDER_STOP_MS);
+    dataDirLock.release();
     gw.throttle.stop();
     const inFlight = (await metrics.inFlight.get()).values[0]?.value ?? 0;
     if (!drained) {
