@@ -19,7 +19,7 @@ export function createFetchHandler(gw: Gateway): (request: Request) => Promise<R
   const app = new Elysia({ strictPath: true })
     .onError(({ code, request, error }) => {
       if (code === "NOT_FOUND") return notFound(request);
-      gw.logger.error({ err: error instanceof Error ? error.message : String(error), code }, "request failed");
+      gw.throttle.error("request_failed", { err: error instanceof Error ? error.message : String(error), code }, "request failed");
       return problem(500, "internal_error", "the request could not be handled");
     })
     .get("/health", () => handleHealth(gw))
@@ -38,7 +38,7 @@ export function createFetchHandler(gw: Gateway): (request: Request) => Promise<R
     metrics.inFlight.inc();
     let status = 500;
     try {
-      const response = await app.fetch(request);
+      const response = await app.fetch(routable(request));
       status = response.status;
       return response;
     } finally {
@@ -57,6 +57,29 @@ export function createFetchHandler(gw: Gateway): (request: Request) => Promise<R
   };
 }
 
+/**
+ * Elysia finds the path by searching for "/" from the 11th character of the
+ * URL, which assumes an origin at least that long; a short Host header
+ * (`Host: gw`) would hide part of the path. Such a request is re-addressed to
+ * a long origin; the original stays reachable for the client address.
+ */
+const ELYSIA_ORIGIN_MIN = 11;
+const originals = new WeakMap<Request, Request>();
+
+function routable(request: Request): Request {
+  const url = request.url;
+  const start = pathStart(url);
+  if (start >= ELYSIA_ORIGIN_MIN) return request;
+  const readdressed = new Request(`http://payflux.local${start < 0 ? "/" : url.slice(start)}`, request);
+  originals.set(readdressed, request);
+  return readdressed;
+}
+
+/** The request as the server received it (before `routable`), for the client address. */
+export function originalRequest(request: Request): Request {
+  return originals.get(request) ?? request;
+}
+
 function notFound(request: Request): Response {
   const allow = ALLOW[pathOf(request.url)];
   if (allow !== undefined) {
@@ -65,9 +88,16 @@ function notFound(request: Request): Response {
   return problem(404, "not_found", "no such route");
 }
 
+/** Where the path starts in a request URL (absolute, or only a path when a client sent no Host); -1 if none. */
+function pathStart(url: string): number {
+  const scheme = url.indexOf("://");
+  if (scheme < 0) return url.startsWith("/") ? 0 : -1;
+  return url.indexOf("/", scheme + 3);
+}
+
 /** Path of a URL without allocating a URL object. */
 function pathOf(url: string): string {
-  const start = url.indexOf("/", url.indexOf("//") + 2);
+  const start = pathStart(url);
   if (start < 0) return "/";
   const q = url.indexOf("?", start);
   return q < 0 ? url.slice(start) : url.slice(start, q);

@@ -1,15 +1,25 @@
 /**
  * Reads a request body up to `limit` bytes, on any runtime: a declared
  * Content-Length over the limit is refused before reading anything, and a
- * streamed body is abandoned as soon as it passes the limit.
+ * streamed body is abandoned as soon as it passes the limit. A body that
+ * breaks off (the client went away, or sent less than it announced) is
+ * `incomplete`, not an error of the service.
  */
-export type BodyResult = { ok: true; bytes: Uint8Array } | { ok: false; tooLarge: true };
+export type BodyResult = { ok: true; bytes: Uint8Array } | { ok: false; reason: "too_large" | "incomplete" };
 
 export async function readBody(request: Request, limit: number): Promise<BodyResult> {
+  try {
+    return await read(request, limit);
+  } catch {
+    return { ok: false, reason: "incomplete" };
+  }
+}
+
+async function read(request: Request, limit: number): Promise<BodyResult> {
   const declared = request.headers.get("content-length");
   if (declared !== null) {
     const n = Number(declared);
-    if (n > limit) return { ok: false, tooLarge: true };
+    if (n > limit) return { ok: false, reason: "too_large" };
     if (Number.isSafeInteger(n)) return { ok: true, bytes: new Uint8Array(await request.arrayBuffer()) };
   }
   if (request.body === null) return { ok: true, bytes: new Uint8Array(0) };
@@ -22,7 +32,7 @@ export async function readBody(request: Request, limit: number): Promise<BodyRes
     total += value.byteLength;
     if (total > limit) {
       await reader.cancel().catch(() => {});
-      return { ok: false, tooLarge: true };
+      return { ok: false, reason: "too_large" };
     }
     chunks.push(value);
   }

@@ -89,7 +89,8 @@ async function ingestEvents(gw: Gateway, config: Config, request: Request, route
   }
 
   const body = await readBody(request, config.maxBodyBytes);
-  if (!body.ok) return reject(gw, 413, "payload_too_large", `request body is larger than ${config.maxBodyBytes} bytes`);
+  if (!body.ok && body.reason === "too_large") return reject(gw, 413, "payload_too_large", `request body is larger than ${config.maxBodyBytes} bytes`);
+  if (!body.ok) return reject(gw, 400, "incomplete_body", "the request body ended before it was complete; nothing was stored");
   let text: string;
   try {
     text = utf8.decode(body.bytes);

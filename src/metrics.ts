@@ -13,6 +13,7 @@ export const UNMATCHED_ROUTE = "unmatched";
 export const REJECT_REASONS = [
   "rate_limited",
   "malformed_json",
+  "incomplete_body",
   "payload_too_large",
   "batch_too_large",
   "empty_batch",

@@ -67,7 +67,13 @@ async function startOnNodeHttp(host: string, port: number, fetch: FetchHandler):
       const headers = new Headers();
       for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) headers.append(req.rawHeaders[i]!, req.rawHeaders[i + 1]!);
       const hasBody = req.method !== "GET" && req.method !== "HEAD";
-      const request = new Request(`http://${headers.get("host") ?? host}${req.url ?? "/"}`, {
+      // The URL comes from the request target only: the Host header is the client's to write.
+      const path = requestPath(req.url ?? "/");
+      if (path === null) {
+        res.writeHead(400, { "content-type": "text/plain" }).end("bad request target\n");
+        return;
+      }
+      const request = new Request(`http://localhost${path}`, {
         method: req.method,
         headers,
         body: hasBody ? (Readable.toWeb(req) as unknown as ReadableStream<Uint8Array>) : undefined,
@@ -86,6 +92,9 @@ async function startOnNodeHttp(host: string, port: number, fetch: FetchHandler):
       res.end();
     }
   });
+  // Like Bun's default idle timeout: a client that stops sending is cut off.
+  server.setTimeout(IDLE_TIMEOUT_MS);
+  server.headersTimeout = IDLE_TIMEOUT_MS;
   await new Promise<void>((resolve, reject) => {
     server.once("error", (err: NodeJS.ErrnoException) => reject(err.code === "EADDRINUSE" ? new AddressInUseError(`${host}:${port} is already in use`) : err));
     server.listen(port, host, () => resolve());
@@ -101,6 +110,20 @@ async function startOnNodeHttp(host: string, port: number, fetch: FetchHandler):
       }),
     clientAddress: (request) => peers.get(request) ?? null,
   };
+}
+
+/** Seconds of silence after which a connection is closed (Bun.serve's default, applied on Deno too). */
+const IDLE_TIMEOUT_MS = 10_000;
+
+/** The path (and query) of a request target, origin-form or absolute-form; null when it is neither. */
+function requestPath(target: string): string | null {
+  if (target.startsWith("/")) return target;
+  try {
+    const url = new URL(target);
+    return url.protocol === "http:" || url.protocol === "https:" ? url.pathname + url.search : null;
+  } catch {
+    return null;
+  }
 }
 
 function addressInUse(err: unknown, host: string, port: number): unknown {

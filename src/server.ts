@@ -1,4 +1,4 @@
-import { createFetchHandler } from "./app.ts";
+import { createFetchHandler, originalRequest } from "./app.ts";
 import { loadConfig, redactUrl } from "./config.ts";
 import { DataDirInUseError, lockDataDir } from "./data-dir-lock.ts";
 import { DedupIndex, idsFromLog } from "./dedup.ts";
@@ -105,7 +105,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
     logger,
     throttle: new LogThrottle(() => logger),
     startedAt: Date.now(),
-    clientAddress: (request) => server?.clientAddress(request) ?? null,
+    clientAddress: (request) => server?.clientAddress(originalRequest(request)) ?? null,
   };
   applyConfig(gw, config);
 
