@@ -3,10 +3,8 @@
  * (64), keygen, check-config (0 / 78) and serve --config.
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import { writeFileSync } from "node:fs";
-import { join } from "node:path";
 import pkg from "../package.json" with { type: "json" };
-import { baseEnv, command, event, KEY, KEY2, post, runCli, SINGLE, startServer, stopAll, tempDir } from "./support/harness.ts";
+import { baseEnv, command, envFile, event, KEY, KEY2, post, runCli, SINGLE, startServer, stopAll, tempDir } from "./support/harness.ts";
 
 afterAll(stopAll);
 
@@ -30,11 +28,6 @@ async function runUsage(args: string[], env: Record<string, string> = {}, timeou
   return { code, stdout, stderr };
 }
 
-function writeFile(text: string): string {
-  const path = join(tempDir("payflux-cli-"), "payflux.env");
-  writeFileSync(path, text);
-  return path;
-}
 
 describe("version, help, usage errors", () => {
   test("--version prints the package.json version, exit 0", () => {
@@ -136,7 +129,7 @@ describe("check-config", () => {
   });
 
   test("--config FILE reads the file", () => {
-    const file = writeFile(`PAYFLUX_API_KEYS=${KEY},${KEY2}\nPAYFLUX_INGEST_RPS=42\n`);
+    const file = envFile(`PAYFLUX_API_KEYS=${KEY},${KEY2}\nPAYFLUX_INGEST_RPS=42\n`);
     const r = runCli(["check-config", "--config", file], {});
     expect(r.code).toBe(0);
     expect(r.stdout).toContain("2 active");
@@ -150,7 +143,7 @@ describe("check-config", () => {
   });
 
   test("--config FILE with a bad value: exit 78 naming it", () => {
-    const file = writeFile(`PAYFLUX_API_KEYS=${KEY}\nPAYFLUX_DEDUP_WINDOW=forever\n`);
+    const file = envFile(`PAYFLUX_API_KEYS=${KEY}\nPAYFLUX_DEDUP_WINDOW=forever\n`);
     const r = runCli(["check-config", "--config", file], {});
     expect(r.code).toBe(78);
     expect(r.stderr).toContain("PAYFLUX_DEDUP_WINDOW");
@@ -166,7 +159,7 @@ describe("check-config", () => {
 
 describe("serve", () => {
   test("serve --config FILE serves with the file's settings", async () => {
-    const file = writeFile(`PAYFLUX_API_KEYS=${KEY2}\nPAYFLUX_INGEST_BURST=2\nPAYFLUX_INGEST_RPS=0.001\n`);
+    const file = envFile(`PAYFLUX_API_KEYS=${KEY2}\nPAYFLUX_INGEST_BURST=2\nPAYFLUX_INGEST_RPS=0.001\n`);
     const server = await startServer({ env: { PAYFLUX_API_KEYS: "" }, args: ["serve", "--config", file] });
     const start = server.logs().find((l) => l.msg === "payflux listening")!;
     expect(start.config_source).toBe(file);

@@ -4,10 +4,8 @@
  * without ever printing a key.
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import { writeFileSync } from "node:fs";
-import { join } from "node:path";
 import { parseEnvFile } from "../src/env-file.ts";
-import { baseEnv, command, event, KEY, KEY2, post, runCli, SINGLE, startServer, stopAll, tempDir } from "./support/harness.ts";
+import { baseEnv, command, envFile, event, KEY, KEY2, post, runCli, SINGLE, startServer, stopAll, tempDir } from "./support/harness.ts";
 
 afterAll(stopAll);
 
@@ -32,11 +30,6 @@ async function runServe(env: Record<string, string>, args: string[] = ["serve"],
   return { code, stdout, stderr, output: stdout + stderr };
 }
 
-function writeFile(text: string): string {
-  const path = join(tempDir("payflux-conf-"), "payflux.env");
-  writeFileSync(path, text);
-  return path;
-}
 
 describe("parseEnvFile", () => {
   test("KEY=VALUE lines, blank lines, # and ; comments", () => {
@@ -98,7 +91,7 @@ describe("parseEnvFile", () => {
 
 describe("file values win over the environment", () => {
   test("check-config --config FILE: the file's PAYFLUX_INGEST_RPS wins", () => {
-    const file = writeFile("PAYFLUX_INGEST_RPS=42\n");
+    const file = envFile("PAYFLUX_INGEST_RPS=42\n");
     const r = runCli(["check-config", "--config", file], { PAYFLUX_API_KEYS: KEY, PAYFLUX_INGEST_RPS: "7" });
     expect(r.code).toBe(0);
     expect(r.stdout).toContain("42/s");
@@ -107,7 +100,7 @@ describe("file values win over the environment", () => {
   });
 
   test("check-config with PAYFLUX_CONFIG: the file's PAYFLUX_INGEST_BURST wins", () => {
-    const file = writeFile("PAYFLUX_INGEST_BURST=321\n");
+    const file = envFile("PAYFLUX_INGEST_BURST=321\n");
     const r = runCli(["check-config"], { PAYFLUX_API_KEYS: KEY, PAYFLUX_INGEST_BURST: "999", PAYFLUX_CONFIG: file });
     expect(r.code).toBe(0);
     expect(r.stdout).toContain("burst 321");
@@ -115,7 +108,7 @@ describe("file values win over the environment", () => {
   });
 
   test("serve with PAYFLUX_CONFIG: the file's keys replace the environment's", async () => {
-    const file = writeFile(`# keys\nPAYFLUX_API_KEYS="${KEY2}"\n`);
+    const file = envFile(`# keys\nPAYFLUX_API_KEYS="${KEY2}"\n`);
     const server = await startServer({ env: { PAYFLUX_API_KEYS: KEY, PAYFLUX_CONFIG: file } });
     expect((await post(server, SINGLE, event(), { key: KEY2 })).status).toBe(202);
     const denied = await post(server, SINGLE, event(), { key: KEY });
@@ -126,7 +119,7 @@ describe("file values win over the environment", () => {
   });
 
   test("serve --config FILE: the file's keys replace the environment's", async () => {
-    const file = writeFile(`PAYFLUX_API_KEYS=${KEY2}\n`);
+    const file = envFile(`PAYFLUX_API_KEYS=${KEY2}\n`);
     const server = await startServer({ env: { PAYFLUX_API_KEYS: KEY }, args: ["serve", "--config", file] });
     expect((await post(server, SINGLE, event(), { key: KEY2 })).status).toBe(202);
     expect((await post(server, SINGLE, event(), { key: KEY })).status).toBe(401);
@@ -139,7 +132,7 @@ describe("file values win over the environment", () => {
   });
 
   test("a bad line in the config file stops serve with 78 and the line number, not the value", async () => {
-    const file = writeFile(`PAYFLUX_API_KEYS=${KEY}\nthis line holds ${KEY2}\n`);
+    const file = envFile(`PAYFLUX_API_KEYS=${KEY}\nthis line holds ${KEY2}\n`);
     const r = await runServe({}, ["serve", "--config", file]);
     expect(r.code).toBe(EXIT_CONFIG);
     expect(r.stderr).toContain(`${file}:2`);

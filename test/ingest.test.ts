@@ -18,21 +18,13 @@ import {
   post,
   SINGLE,
   startServer,
-  removeDir,
   stopAll,
   storedEvents,
   type Server,
 } from "./support/harness.ts";
 
-const dataDirs: string[] = [];
-function track(s: Server): Server {
-  dataDirs.push(s.dataDir);
-  return s;
-}
-afterAll(async () => {
-  await stopAll();
-  for (const d of dataDirs) removeDir(d);
-});
+// stopAll also removes the servers' temporary data dirs.
+afterAll(stopAll);
 
 const NO_LIMIT = { PAYFLUX_INGEST_BURST: "100000", PAYFLUX_INGEST_RPS: "100000" };
 const REJECT_REASONS = [
@@ -128,7 +120,7 @@ for (const target of E2E_TARGETS) {
   describe(`[${target}] single events and duplicates (fresh server)`, () => {
     let server: Server;
     beforeAll(async () => {
-      server = track(await startServer({ target, env: NO_LIMIT }));
+      server = await startServer({ target, env: NO_LIMIT });
     });
     afterAll(stopAll);
 
@@ -195,7 +187,7 @@ for (const target of E2E_TARGETS) {
   describe(`[${target}] batches (real server)`, () => {
     let server: Server;
     beforeAll(async () => {
-      server = track(await startServer({ target, env: NO_LIMIT }));
+      server = await startServer({ target, env: NO_LIMIT });
     });
     afterAll(stopAll);
 
@@ -275,7 +267,7 @@ for (const target of E2E_TARGETS) {
   describe(`[${target}] refused requests (real server)`, () => {
     let server: Server;
     beforeAll(async () => {
-      server = track(await startServer({ target, env: NO_LIMIT }));
+      server = await startServer({ target, env: NO_LIMIT });
     });
     afterAll(stopAll);
 
@@ -357,7 +349,7 @@ for (const target of E2E_TARGETS) {
   describe(`[${target}] size limits (PAYFLUX_MAX_BODY_BYTES=2048, PAYFLUX_MAX_BATCH=5)`, () => {
     let server: Server;
     beforeAll(async () => {
-      server = track(await startServer({ target, env: { ...NO_LIMIT, PAYFLUX_MAX_BODY_BYTES: "2048", PAYFLUX_MAX_BATCH: "5" } }));
+      server = await startServer({ target, env: { ...NO_LIMIT, PAYFLUX_MAX_BODY_BYTES: "2048", PAYFLUX_MAX_BATCH: "5" } });
     });
     afterAll(stopAll);
 
@@ -454,7 +446,7 @@ for (const target of E2E_TARGETS) {
   describe(`[${target}] events on disk after 202`, () => {
     let server: Server;
     beforeAll(async () => {
-      server = track(await startServer({ target, env: { ...NO_LIMIT, PAYFLUX_API_KEYS: `${KEY},${KEY2}` } }));
+      server = await startServer({ target, env: { ...NO_LIMIT, PAYFLUX_API_KEYS: `${KEY},${KEY2}` } });
     });
     afterAll(stopAll);
 

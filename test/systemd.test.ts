@@ -9,7 +9,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { VARIABLES } from "../src/config.ts";
 import { EXIT } from "../src/exit-codes.ts";
-import { BINARY, ensureBinary, KEY, removeDir, ROOT, runCli, tempDir } from "./support/harness.ts";
+import { BINARY, ensureBinary, KEY, ROOT, runCli, stopAll, tempDir } from "./support/harness.ts";
 
 const UNIT_PATH = join(ROOT, "systemd", "payflux.service");
 const EXAMPLE_PATH = join(ROOT, "systemd", "payflux.env.example");
@@ -19,11 +19,10 @@ const readme = readFileSync(join(ROOT, "README.md"), "utf8");
 const systemdReadme = readFileSync(join(ROOT, "systemd", "README.md"), "utf8");
 const VARIABLE_NAMES = Object.keys(VARIABLES).sort();
 
-const dirs: string[] = [];
 beforeAll(async () => {
   await ensureBinary();
 }, 180_000);
-afterAll(() => dirs.forEach(removeDir));
+afterAll(stopAll); // removes the temporary dirs too
 
 /** The path of systemd-analyze; a missing tool fails the test (never skips it). */
 function systemdAnalyze(): string {
@@ -76,7 +75,6 @@ describe("systemd-analyze", () => {
 
   test("verify is clean on the unit (with ExecStart pointing at dist/payflux)", () => {
     const dir = tempDir("payflux-unit-");
-    dirs.push(dir);
     expect(unitText).toContain("/usr/local/bin/payflux");
     const unit = join(dir, "payflux.service");
     writeFileSync(unit, unitText.replaceAll("/usr/local/bin/payflux", BINARY));
@@ -161,7 +159,6 @@ describe("the same variables everywhere", () => {
 
   test("check-config: the example as shipped fails closed (78); with a key filled in it passes (0)", () => {
     const dir = tempDir("payflux-example-");
-    dirs.push(dir);
     const shipped = join(dir, "shipped.env");
     writeFileSync(shipped, exampleText, { mode: 0o600 });
     const bad = runCli(["check-config", "--config", shipped], {}, true);

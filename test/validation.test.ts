@@ -6,17 +6,10 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { isRfc3339, validateEvent, type FieldError } from "../src/events.ts";
-import { BATCH, event, metric, metricsText, post, SINGLE, startServer, removeDir, stopAll, storedEvents, type Server } from "./support/harness.ts";
+import { BATCH, event, metric, metricsText, post, SINGLE, startServer, stopAll, storedEvents, type Server } from "./support/harness.ts";
 
-const dataDirs: string[] = [];
-function track(s: Server): Server {
-  dataDirs.push(s.dataDir);
-  return s;
-}
-afterAll(async () => {
-  await stopAll();
-  for (const d of dataDirs) removeDir(d);
-});
+// stopAll also removes the servers' temporary data dirs.
+afterAll(stopAll);
 
 const REJECTED_VALIDATION = 'payflux_ingest_rejected_total{reason="validation_failed"}';
 
@@ -163,7 +156,7 @@ describe("validateEvent / isRfc3339 (unit)", () => {
 describe("validation over HTTP (real server)", () => {
   let server: Server;
   beforeAll(async () => {
-    server = track(await startServer({ env: { PAYFLUX_INGEST_BURST: "100000", PAYFLUX_INGEST_RPS: "100000" } }));
+    server = await startServer({ env: { PAYFLUX_INGEST_BURST: "100000", PAYFLUX_INGEST_RPS: "100000" } });
   });
 
   /** Checks a 422 validation_failed problem and returns its errors. */

@@ -3,7 +3,7 @@
  * binary) as a child process on a free loopback port, and talks to it over
  * HTTP. Nothing here is mocked.
  */
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { connect, createServer } from "node:net";
 import { join, resolve } from "node:path";
@@ -55,6 +55,13 @@ export const KEY = "test-key-aaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 export const KEY2 = "test-key-bbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 
 const tempDirs = new Set<string>();
+
+/** Writes `text` to a fresh env file (in a temporary directory removed by stopAll()); returns its path. */
+export function envFile(text: string): string {
+  const path = join(tempDir("payflux-env-"), "payflux.env");
+  writeFileSync(path, text);
+  return path;
+}
 
 /** A fresh temporary directory, removed by stopAll(). */
 export function tempDir(prefix = "payflux-test-"): string {
@@ -326,10 +333,6 @@ export async function storedEvents(dataDir: string): Promise<Record<string, any>
       if (start !== buf.length) throw new Error(`${n} ends without a newline`);
       return lines;
     });
-}
-
-export function removeDir(dir: string): void {
-  rmSync(dir, { recursive: true, force: true });
 }
 
 /** Opens a raw TCP connection: "connected", or the error code (ECONNREFUSED when nothing listens). */
