@@ -10,19 +10,18 @@ import { renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
   E2E_TARGETS,
-  until,
-  slowPost,
-  tcpConnect,
-  waitInFlight,
   event,
-  KEY,
   metric,
   metricsText,
   SINGLE,
+  slowPost,
   startServer,
   stopAll,
   storedEvents,
+  tcpConnect,
   tempDir,
+  until,
+  waitInFlight,
   type Server,
 } from "./support/harness.ts";
 
