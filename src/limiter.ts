@@ -21,11 +21,14 @@ interface Bucket {
 
 export class RateLimiter {
   private readonly buckets = new Map<string, Bucket>();
+  private policy = "";
 
   constructor(
     private rps: number,
     private burst: number,
-  ) {}
+  ) {
+    this.policy = policyOf(rps, burst);
+  }
 
   take(keyDigest: string, now = performance.now()): Decision {
     let bucket = this.buckets.get(keyDigest);
@@ -50,6 +53,7 @@ export class RateLimiter {
   reconfigure(rps: number, burst: number, liveDigests: Iterable<string>): void {
     this.rps = rps;
     this.burst = burst;
+    this.policy = policyOf(rps, burst);
     const live = new Set(liveDigests);
     for (const [digest, bucket] of this.buckets) {
       if (!live.has(digest)) this.buckets.delete(digest);
@@ -57,14 +61,19 @@ export class RateLimiter {
     }
   }
 
-  /** `RateLimit-Policy` value (IETF httpapi ratelimit-headers draft): quota = burst, window = time to refill it. */
+  /** `RateLimit-Policy` value; computed once per configuration, not per request. */
   policyHeader(): string {
-    return `"ingest";q=${this.burst};w=${Math.max(1, Math.ceil(this.burst / this.rps))}`;
+    return this.policy;
   }
 
   get size(): number {
     return this.buckets.size;
   }
+}
+
+/** `RateLimit-Policy` (IETF httpapi ratelimit-headers draft): quota = burst, window = time to refill it. */
+function policyOf(rps: number, burst: number): string {
+  return `"ingest";q=${burst};w=${Math.max(1, Math.ceil(burst / rps))}`;
 }
 
 /** `RateLimit` value for one decision: r = whole tokens left, t = seconds until the bucket is full again. */

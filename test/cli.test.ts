@@ -4,7 +4,7 @@
  */
 import { afterAll, describe, expect, test } from "bun:test";
 import pkg from "../package.json" with { type: "json" };
-import { baseEnv, command, envFile, event, KEY, KEY2, post, runCli, SINGLE, startServer, stopAll, tempDir } from "./support/harness.ts";
+import { envFile, runBounded, event, KEY, KEY2, post, runCli, SINGLE, startServer, stopAll, tempDir } from "./support/harness.ts";
 
 afterAll(stopAll);
 
@@ -15,17 +15,8 @@ const REVOKED = "revoked-key-cccccccccccccccccccccccc";
  * regression start one anyway, it listens on a free loopback port with a temp
  * data dir and is killed after `timeoutMs`, so the test fails instead of hanging.
  */
-async function runUsage(args: string[], env: Record<string, string> = {}, timeoutMs = 10_000) {
-  const p = Bun.spawn([...command(), ...args], {
-    env: baseEnv({ PAYFLUX_API_KEYS: KEY, PAYFLUX_HOST: "127.0.0.1", PAYFLUX_PORT: "0", PAYFLUX_DATA_DIR: tempDir(), ...env }),
-    stdout: "pipe",
-    stderr: "pipe",
-    stdin: "ignore",
-  });
-  const timer = setTimeout(() => p.kill("SIGKILL"), timeoutMs);
-  const [code, stdout, stderr] = await Promise.all([p.exited, new Response(p.stdout).text(), new Response(p.stderr).text()]);
-  clearTimeout(timer);
-  return { code, stdout, stderr };
+function runUsage(args: string[], env: Record<string, string> = {}, timeoutMs = 10_000) {
+  return runBounded(args, { PAYFLUX_API_KEYS: KEY, ...env }, timeoutMs);
 }
 
 

@@ -5,7 +5,7 @@
  */
 import { afterAll, describe, expect, test } from "bun:test";
 import { parseEnvFile } from "../src/env-file.ts";
-import { baseEnv, command, envFile, event, KEY, KEY2, post, runCli, SINGLE, startServer, stopAll, tempDir } from "./support/harness.ts";
+import { envFile, runBounded, event, KEY, KEY2, post, runCli, SINGLE, startServer, stopAll } from "./support/harness.ts";
 
 afterAll(stopAll);
 
@@ -17,17 +17,8 @@ const EXIT_CONFIG = 78;
  * and the returned code is then the signal's, never 78.
  */
 async function runServe(env: Record<string, string>, args: string[] = ["serve"], timeoutMs = 10_000) {
-  const dataDir = tempDir();
-  const p = Bun.spawn([...command(), ...args], {
-    env: baseEnv({ PAYFLUX_HOST: "127.0.0.1", PAYFLUX_PORT: "0", PAYFLUX_DATA_DIR: dataDir, ...env }),
-    stdout: "pipe",
-    stderr: "pipe",
-    stdin: "ignore",
-  });
-  const timer = setTimeout(() => p.kill("SIGKILL"), timeoutMs);
-  const [code, stdout, stderr] = await Promise.all([p.exited, new Response(p.stdout).text(), new Response(p.stderr).text()]);
-  clearTimeout(timer);
-  return { code, stdout, stderr, output: stdout + stderr };
+  const r = await runBounded(args, env, timeoutMs);
+  return { ...r, output: r.stdout + r.stderr };
 }
 
 

@@ -235,6 +235,24 @@ export async function stopAll(): Promise<void> {
   }
 }
 
+/**
+ * Runs the source CLI to completion on a free loopback port with a temp data
+ * dir. A process still running after `timeoutMs` (it started a server when it
+ * should have refused) is killed, so the test fails instead of hanging.
+ */
+export async function runBounded(args: string[], env: Record<string, string>, timeoutMs = 10_000) {
+  const p = Bun.spawn([...command(), ...args], {
+    env: baseEnv({ PAYFLUX_HOST: "127.0.0.1", PAYFLUX_PORT: "0", PAYFLUX_DATA_DIR: tempDir(), ...env }),
+    stdout: "pipe",
+    stderr: "pipe",
+    stdin: "ignore",
+  });
+  const timer = setTimeout(() => p.kill("SIGKILL"), timeoutMs);
+  const [code, stdout, stderr] = await Promise.all([p.exited, new Response(p.stdout).text(), new Response(p.stderr).text()]);
+  clearTimeout(timer);
+  return { code, stdout, stderr };
+}
+
 /** Runs the CLI to completion (`binary`: dist/payflux, built beforehand with ensureBinary()). */
 export function runCli(args: string[], env: Record<string, string> = {}, binary = false) {
   const r = Bun.spawnSync([...command(binary ? "bun-binary" : "bun"), ...args], { env: baseEnv(env), stdout: "pipe", stderr: "pipe" });
