@@ -30,51 +30,132 @@ export function bearerToken(header: string | null): string | null {
   return token === "" ? null : token;
 }
 
-export type AuthResult =
-  | { ok: true; digest: string; keyId: string }
-  | { ok: false; reason: DenialReason; digest: string | null };
+/** How a secret is written to stand for a key without holding it: `sha256:<64 hex>`. */
+export const HASH_PREFIX = "sha256:";
+/** How a revocation names a key by its fingerprint: `key_id:<12 hex>` (as logs and stored events show it). */
+export const KEY_ID_PREFIX = "key_id:";
 
 /**
- * The allowed and revoked keys, held as digests. A lookup hashes the presented
- * token once and probes one map, so its cost does not depend on how many keys
- * are configured, and no comparison ever runs on a secret: equal-length
- * digests of an unknown preimage reveal nothing through timing.
+ * The digest a configured secret stands for: a `sha256:<64 hex>` entry is the
+ * digest itself (the service never needs the plain key), anything else is a
+ * plain key and is hashed. null when the entry has the prefix but not the form.
+ */
+export function configuredDigest(entry: string): string | null {
+  if (!entry.startsWith(HASH_PREFIX)) return keyDigest(entry);
+  const hex = entry.slice(HASH_PREFIX.length);
+  return /^[0-9a-fA-F]{64}$/.test(hex) ? hex.toLowerCase() : null;
+}
+
+/** Per-client metric label of keys without a name of their own; reserved as a client name. */
+export const OTHER_CLIENT = "other";
+
+/** Token-bucket limits of one key; `policy` is its `RateLimit-Policy` value, computed once per configuration. */
+export interface Limits {
+  rps: number;
+  burst: number;
+  policy: string;
+}
+
+/** What the service knows about one configured key (never the key itself). */
+export interface KeyEntry {
+  digest: string;
+  keyId: string;
+  /** Name from the clients file, or null for a key from the env lists. */
+  client: string | null;
+  revoked: boolean;
+  /** Epoch ms from which the key is refused as expired (`not_after`); Infinity when it never expires. */
+  notAfter: number;
+  limits: Limits;
+  /** Token bucket this key draws from: a named client keeps its bucket when its secret changes. */
+  bucket: string;
+  /** `client` label of payflux_client_requests_total: the name, or OTHER_CLIENT (env keys, clients past the cap). */
+  metricLabel: string;
+}
+
+export type AuthResult =
+  | { ok: true; digest: string; keyId: string; entry: KeyEntry }
+  | { ok: false; reason: DenialReason; digest: string | null; entry: KeyEntry | null; expired?: true };
+
+export interface KeyCounts {
+  active: number;
+  revoked: number;
+  expired: number;
+  /** Active keys whose not_after is within EXPIRING_SOON_MS (a subset of active). */
+  expiringSoon: number;
+}
+
+/** "Expiring soon" for check-config: within a week, as the alert warns. */
+export const EXPIRING_SOON_MS = 7 * 86_400_000;
+
+/**
+ * The configured keys, held as digests. A lookup hashes the presented token
+ * once and probes one map, then compares the entry's own expiry with the
+ * clock, so its cost does not depend on how many keys are configured, and no
+ * comparison ever runs on a secret: equal-length digests of an unknown
+ * preimage reveal nothing through timing.
  */
 export class KeyRing {
-  /** digest -> revoked? */
-  private readonly states = new Map<string, boolean>();
-  readonly activeCount: number;
-  readonly revokedCount: number;
+  private readonly entries: Map<string, KeyEntry>;
 
-  constructor(allowedDigests: Iterable<string>, revokedDigests: Iterable<string>) {
-    for (const d of allowedDigests) this.states.set(d, false);
-    // Revocation wins over the allowlist: a key in both is revoked.
-    for (const d of revokedDigests) this.states.set(d, true);
-    let active = 0;
-    let revoked = 0;
-    for (const isRevoked of this.states.values()) isRevoked ? revoked++ : active++;
-    this.activeCount = active;
-    this.revokedCount = revoked;
+  constructor(entries: Iterable<KeyEntry>) {
+    this.entries = new Map([...entries].map((e) => [e.digest, e]));
   }
 
-  /** Digests of the keys that are allowed now (for reload diffs and the limiter). */
+  /** A ring of anonymous keys with the same limits (tests, simple callers); revocation wins over the allowlist. */
+  static of(allowedDigests: Iterable<string>, revokedDigests: Iterable<string>, limits: Limits): KeyRing {
+    const out = new Map<string, KeyEntry>();
+    for (const d of allowedDigests) out.set(d, anonymous(d, false, limits));
+    for (const d of revokedDigests) out.set(d, anonymous(d, true, limits));
+    return new KeyRing(out.values());
+  }
+
+  all(): KeyEntry[] {
+    return [...this.entries.values()];
+  }
+
+  /** Digests of the keys that are allowed (not revoked; expiry aside), for reload diffs. */
   activeDigests(): string[] {
-    return [...this.states].filter(([, revoked]) => !revoked).map(([d]) => d);
+    return this.all().filter((e) => !e.revoked).map((e) => e.digest);
   }
 
   revokedDigests(): string[] {
-    return [...this.states].filter(([, revoked]) => revoked).map(([d]) => d);
+    return this.all().filter((e) => e.revoked).map((e) => e.digest);
   }
 
-  authenticate(authorizationHeader: string | null): AuthResult {
-    const token = bearerToken(authorizationHeader);
-    if (token === null) return { ok: false, reason: "missing_key", digest: null };
-    const digest = keyDigest(token);
-    const revoked = this.states.get(digest);
-    if (revoked === undefined) return { ok: false, reason: "invalid_key", digest };
-    if (revoked) return { ok: false, reason: "revoked_key", digest };
-    return { ok: true, digest, keyId: keyIdOf(digest) };
+  /** Buckets that may still be used (for the limiter to keep across a reload). */
+  liveBuckets(): string[] {
+    return this.all().filter((e) => !e.revoked).map((e) => e.bucket);
   }
+
+  /** Counts by state at `now` (O(keys): for scrapes and check-config, never per request). */
+  counts(now = Date.now()): KeyCounts {
+    const c: KeyCounts = { active: 0, revoked: 0, expired: 0, expiringSoon: 0 };
+    for (const e of this.entries.values()) {
+      if (e.revoked) c.revoked++;
+      else if (now >= e.notAfter) c.expired++;
+      else {
+        c.active++;
+        if (e.notAfter - now <= EXPIRING_SOON_MS) c.expiringSoon++;
+      }
+    }
+    return c;
+  }
+
+  authenticate(authorizationHeader: string | null, now = Date.now()): AuthResult {
+    const token = bearerToken(authorizationHeader);
+    if (token === null) return { ok: false, reason: "missing_key", digest: null, entry: null };
+    const digest = keyDigest(token);
+    const entry = this.entries.get(digest);
+    if (entry === undefined) return { ok: false, reason: "invalid_key", digest, entry: null };
+    if (entry.revoked) return { ok: false, reason: "revoked_key", digest, entry };
+    // An expired key is a deliberately retired one: the runbook's revoked_key.
+    if (now >= entry.notAfter) return { ok: false, reason: "revoked_key", digest, entry, expired: true };
+    return { ok: true, digest, keyId: entry.keyId, entry };
+  }
+}
+
+function anonymous(digest: string, revoked: boolean, limits: Limits): KeyEntry {
+  return { digest, keyId: keyIdOf(digest), client: null, revoked, notAfter: Infinity, limits, bucket: digest, metricLabel: OTHER_CLIENT };
 }
 
 /**

@@ -1,7 +1,9 @@
 import { readFileSync } from "node:fs";
 import { createHash } from "node:crypto";
-import { KeyRing, keyDigest } from "./auth.ts";
+import { configuredDigest, HASH_PREFIX, KEY_ID_PREFIX, KeyRing, keyDigest, keyIdOf, OTHER_CLIENT, type KeyEntry } from "./auth.ts";
+import { metricLabelOf, parseClientsFile, type ClientSpec } from "./clients.ts";
 import { parseEnvFile } from "./env-file.ts";
+import { BURST_RANGE, limitsOf, RPS_RANGE } from "./limiter.ts";
 
 /**
  * Every variable the service reads, with its default and meaning. The README,
@@ -10,9 +12,10 @@ import { parseEnvFile } from "./env-file.ts";
  */
 export const VARIABLES = {
   PAYFLUX_CONFIG: { default: "", help: "env file to load (systemd EnvironmentFile syntax); its values win over the environment" },
-  PAYFLUX_API_KEYS: { default: "", help: "allowed API keys, comma-separated (spaces trimmed)" },
+  PAYFLUX_API_KEYS: { default: "", help: "allowed API keys (plain or sha256:<64 hex>), comma-separated (spaces trimmed)" },
   PAYFLUX_API_KEY: { default: "", help: "one more allowed key; the allowlist is the union with PAYFLUX_API_KEYS" },
-  PAYFLUX_REVOKED_KEYS: { default: "", help: "revoked keys, comma-separated; revocation wins over the allowlist" },
+  PAYFLUX_REVOKED_KEYS: { default: "", help: "revoked keys (plain, sha256:<64 hex> or key_id:<12 hex>), comma-separated; revocation wins over the allowlist" },
+  PAYFLUX_CLIENTS_FILE: { default: "", help: "file of named clients (name, secret, rps= burst= not_after= revoked), re-read on SIGHUP" },
   PAYFLUX_INGEST_RPS: { default: "100", help: "token-bucket refill rate per key, requests per second" },
   PAYFLUX_INGEST_BURST: { default: "500", help: "token-bucket capacity per key, requests" },
   PAYFLUX_HOST: { default: "0.0.0.0", help: "listen address" },
@@ -24,6 +27,7 @@ export const VARIABLES = {
   PAYFLUX_DEDUP_WINDOW: { default: "24h", help: "how long an event_id is remembered for duplicate detection" },
   PAYFLUX_METRICS_ENABLED: { default: "true", help: "serve /metrics (false: 404)" },
   PAYFLUX_METRICS_TOKEN: { default: "", help: "if set, /metrics requires Authorization: Bearer <token>" },
+  PAYFLUX_METRICS_PER_CLIENT: { default: "false", help: "export payflux_client_requests_total{client,outcome} (first 100 named clients, the rest as other)" },
   PAYFLUX_SHUTDOWN_TIMEOUT: { default: "10s", help: "how long SIGTERM waits for requests in flight before exiting 1" },
   PAYFLUX_SEGMENT_BYTES: { default: "64MiB", help: "event-log segment size; a new segment starts past it" },
   PAYFLUX_RETENTION: { default: "7d", help: "closed segments older than this (and already forwarded) are deleted" },
@@ -58,6 +62,9 @@ export interface Config {
   metricsEnabled: boolean;
   /** SHA-256 of PAYFLUX_METRICS_TOKEN, or null when /metrics is open. */
   metricsTokenDigest: string | null;
+  /** Path of PAYFLUX_CLIENTS_FILE, or null. */
+  clientsFile: string | null;
+  metricsPerClient: boolean;
   shutdownTimeoutMs: number;
   segmentBytes: number;
   retentionMs: number;
@@ -87,6 +94,8 @@ export const SETTING_VARIABLE = {
   dedupWindowMs: "PAYFLUX_DEDUP_WINDOW",
   metricsEnabled: "PAYFLUX_METRICS_ENABLED",
   metricsTokenDigest: "PAYFLUX_METRICS_TOKEN",
+  clientsFile: "PAYFLUX_CLIENTS_FILE",
+  metricsPerClient: "PAYFLUX_METRICS_PER_CLIENT",
   shutdownTimeoutMs: "PAYFLUX_SHUTDOWN_TIMEOUT",
   segmentBytes: "PAYFLUX_SEGMENT_BYTES",
   retentionMs: "PAYFLUX_RETENTION",
@@ -139,20 +148,10 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
     return v === undefined || v.trim() === "" ? VARIABLES[name].default : v.trim();
   };
 
-  const allowed = [...keyList("PAYFLUX_API_KEYS", get("PAYFLUX_API_KEYS"), errors, warnings), ...keyList("PAYFLUX_API_KEY", get("PAYFLUX_API_KEY"), errors, warnings)];
-  const revoked = keyList("PAYFLUX_REVOKED_KEYS", get("PAYFLUX_REVOKED_KEYS"), errors, []);
-  const keys = new KeyRing(allowed.map(keyDigest), revoked.map(keyDigest));
-  if (allowed.length === 0 && errors.length === 0) {
-    errors.push(
-      "no API key is configured, so every request would be refused: set PAYFLUX_API_KEYS=<key>[,<key>...] " +
-        "(generate one with `payflux keygen` or `openssl rand -hex 32`)",
-    );
-  } else if (allowed.length > 0 && keys.activeCount === 0) {
-    warnings.push("every allowed key is also revoked: all ingest requests will be refused with revoked_key");
-  }
-
-  const ingestRps = number("PAYFLUX_INGEST_RPS", get("PAYFLUX_INGEST_RPS"), { min: 0.001, max: 1_000_000 }, errors);
-  const ingestBurst = integer("PAYFLUX_INGEST_BURST", get("PAYFLUX_INGEST_BURST"), { min: 1, max: 10_000_000 }, errors);
+  const ingestRps = number("PAYFLUX_INGEST_RPS", get("PAYFLUX_INGEST_RPS"), RPS_RANGE, errors);
+  const ingestBurst = integer("PAYFLUX_INGEST_BURST", get("PAYFLUX_INGEST_BURST"), BURST_RANGE, errors);
+  const clientsFile = get("PAYFLUX_CLIENTS_FILE");
+  const keys = loadKeys(get, clientsFile, ingestRps, ingestBurst, errors, warnings);
   const host = get("PAYFLUX_HOST");
   if (!/^[A-Za-z0-9.:\-\[\]_%]+$/.test(host)) errors.push(`PAYFLUX_HOST must be an IP address or host name`);
   const port = integer("PAYFLUX_PORT", get("PAYFLUX_PORT"), { min: 0, max: 65535 }, errors);
@@ -163,6 +162,7 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
   const maxBatch = integer("PAYFLUX_MAX_BATCH", get("PAYFLUX_MAX_BATCH"), { min: 1, max: 100_000 }, errors);
   const dedupWindowMs = duration("PAYFLUX_DEDUP_WINDOW", get("PAYFLUX_DEDUP_WINDOW"), { minMs: 1000, maxMs: 30 * 86_400_000 }, errors);
   const metricsEnabled = boolean("PAYFLUX_METRICS_ENABLED", get("PAYFLUX_METRICS_ENABLED"), errors);
+  const metricsPerClient = boolean("PAYFLUX_METRICS_PER_CLIENT", get("PAYFLUX_METRICS_PER_CLIENT"), errors);
   const metricsToken = get("PAYFLUX_METRICS_TOKEN");
   if (metricsToken !== "" && metricsToken.length < MIN_RECOMMENDED_KEY_LENGTH) {
     warnings.push(`PAYFLUX_METRICS_TOKEN is shorter than ${MIN_RECOMMENDED_KEY_LENGTH} characters`);
@@ -188,7 +188,7 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
   const metricsTokenDigest = metricsToken === "" ? null : keyDigest(metricsToken);
   const config: Config = {
     keys, ingestRps, ingestBurst, host, port, dataDir, logLevel, maxBodyBytes, maxBatch, dedupWindowMs,
-    metricsEnabled, metricsTokenDigest, shutdownTimeoutMs, segmentBytes, retentionMs, storageMaxBytes, dedupMaxIds,
+    metricsEnabled, metricsTokenDigest, clientsFile: clientsFile === "" ? null : clientsFile, metricsPerClient, shutdownTimeoutMs, segmentBytes, retentionMs, storageMaxBytes, dedupMaxIds,
     forwardRedisUrl: forwardUrl === "" ? null : forwardUrl, forwardStream, forwardMaxlen,
     source: file ?? "environment", fingerprint: "", warnings,
   };
@@ -199,8 +199,88 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
 /** 12 hex characters over every effective setting (keys as digests), the same on every instance. */
 export function fingerprintOf(c: Config): string {
   const { keys, source: _source, fingerprint: _fingerprint, warnings: _warnings, ...settings } = c;
-  const effective = { active: keys.activeDigests().sort(), revoked: keys.revokedDigests().sort(), ...settings };
+  const entries = keys.all().map((e) => [e.digest, e.client, e.revoked, e.notAfter, e.limits.rps, e.limits.burst]);
+  const effective = { keys: entries.sort((a, b) => (a[0]! < b[0]! ? -1 : 1)), ...settings };
   return createHash("sha256").update(JSON.stringify(effective)).digest("hex").slice(0, 12);
+}
+
+/**
+ * The key ring: the env lists and the clients file (the allowlist is their
+ * union), then revocations from either, which win. Env entries may be plain
+ * keys or `sha256:<64 hex>`; PAYFLUX_REVOKED_KEYS also takes `key_id:<12 hex>`,
+ * which must match exactly one configured key.
+ */
+function loadKeys(get: (name: VariableName) => string, clientsFile: string, rps: number, burst: number, errors: string[], warnings: string[]): KeyRing {
+  const defaults = limitsOf(rps, burst);
+  const entries = new Map<string, KeyEntry>();
+  const allow = (digest: string, revoked: boolean) => {
+    const have = entries.get(digest);
+    if (have !== undefined) have.revoked ||= revoked;
+    else entries.set(digest, { digest, keyId: keyIdOf(digest), client: null, revoked, notAfter: Infinity, limits: defaults, bucket: digest, metricLabel: OTHER_CLIENT });
+  };
+  for (const name of ["PAYFLUX_API_KEYS", "PAYFLUX_API_KEY"] as const) {
+    for (const entry of keyList(name, get(name), errors, warnings)) allow(configuredDigest(entry)!, false);
+  }
+
+  let clients: ClientSpec[] = [];
+  if (clientsFile !== "") {
+    let text: string | null = null;
+    try {
+      text = readFileSync(clientsFile, "utf8");
+    } catch (err) {
+      errors.push(`cannot read PAYFLUX_CLIENTS_FILE ${clientsFile}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+    }
+    if (text !== null) {
+      const parsed = parseClientsFile(text, clientsFile, MIN_RECOMMENDED_KEY_LENGTH);
+      errors.push(...parsed.errors);
+      warnings.push(...parsed.warnings);
+      clients = parsed.clients;
+    }
+  }
+  // A named client replaces an env entry of the same key (it has a name and options); revocation stays.
+  clients.forEach((c, i) => {
+    const envRevoked = entries.get(c.digest)?.revoked ?? false;
+    entries.set(c.digest, {
+      digest: c.digest,
+      keyId: keyIdOf(c.digest),
+      client: c.name,
+      revoked: c.revoked || envRevoked,
+      notAfter: c.notAfter ?? Infinity,
+      limits: c.rps === null && c.burst === null ? defaults : limitsOf(c.rps ?? rps, c.burst ?? burst),
+      bucket: `client/${c.name}`,
+      metricLabel: metricLabelOf(i, c.name),
+    });
+  });
+  const allowedCount = entries.size;
+
+  const configured = [...entries.keys()];
+  for (const entry of keyList("PAYFLUX_REVOKED_KEYS", get("PAYFLUX_REVOKED_KEYS"), errors, [])) {
+    if (!entry.startsWith(KEY_ID_PREFIX)) {
+      allow(configuredDigest(entry)!, true);
+      continue;
+    }
+    // A key_id is no secret (logs show it): messages may quote it.
+    const id = entry.slice(KEY_ID_PREFIX.length).toLowerCase();
+    const matches = configured.filter((d) => d.startsWith(id));
+    if (matches.length > 1) {
+      errors.push(`PAYFLUX_REVOKED_KEYS: ${KEY_ID_PREFIX}${id} matches ${matches.length} configured keys; revoke by the ${HASH_PREFIX} form instead`);
+    } else if (matches.length === 0) {
+      warnings.push(`PAYFLUX_REVOKED_KEYS: ${KEY_ID_PREFIX}${id} matches no configured key (such a key is refused as invalid_key anyway)`);
+    } else {
+      entries.get(matches[0]!)!.revoked = true;
+    }
+  }
+
+  const keys = new KeyRing(entries.values());
+  if (allowedCount === 0 && errors.length === 0) {
+    errors.push(
+      "no API key is configured, so every request would be refused: set PAYFLUX_API_KEYS=<key>[,<key>...] or PAYFLUX_CLIENTS_FILE " +
+        "(generate a key with `payflux keygen` or `openssl rand -hex 32`)",
+    );
+  } else if (allowedCount > 0 && keys.activeDigests().length === 0) {
+    warnings.push("every allowed key is also revoked: all ingest requests will be refused with revoked_key");
+  }
+  return keys;
 }
 
 /** Splits a comma-separated key list; problems name the variable and the entry's position, never the key. */
@@ -212,6 +292,16 @@ function keyList(name: string, raw: string, errors: string[], warnings: string[]
     if (key === "") return;
     if (!/^[\x21-\x7e]+$/.test(key)) {
       errors.push(`${name} entry ${i + 1} contains spaces or non-printable characters; keys must be printable ASCII`);
+      return;
+    }
+    if (key.startsWith(HASH_PREFIX) && configuredDigest(key) === null) {
+      errors.push(`${name} entry ${i + 1} starts with ${HASH_PREFIX} but is not ${HASH_PREFIX}<64 hex digits>`);
+      return;
+    }
+    if (key.startsWith(KEY_ID_PREFIX)) {
+      if (name !== "PAYFLUX_REVOKED_KEYS") errors.push(`${name} entry ${i + 1}: ${KEY_ID_PREFIX} names a key only in PAYFLUX_REVOKED_KEYS`);
+      else if (/^[0-9a-fA-F]{12}$/.test(key.slice(KEY_ID_PREFIX.length))) keys.push(key);
+      else errors.push(`${name} entry ${i + 1} must be ${KEY_ID_PREFIX}<12 hex digits>`);
       return;
     }
     if (key.length < MIN_RECOMMENDED_KEY_LENGTH) {

@@ -5,6 +5,8 @@ export const EXIT = {
   SOFTWARE: 1,
   /** Unknown command or flag. */
   USAGE: 64,
+  /** Bad input data (hash-key: no key on stdin, or not a key). */
+  DATAERR: 65,
   /** The listen address is in use or cannot be bound (e.g. a port below 1024 without the capability). */
   UNAVAILABLE: 69,
   /** The data directory cannot be created, opened or locked (another process uses it). */

@@ -5,7 +5,7 @@ import { dedupKey, validateEvent, type FieldError, type PaymentEvent } from "./e
 import type { Gateway } from "./gateway.ts";
 import { LargerThanStoreError, StorageFullError } from "./event-log.ts";
 import { rateLimitHeader } from "./limiter.ts";
-import type { IngestRoute, RejectReason } from "./metrics.ts";
+import { countClientRequest, type IngestRoute, type RejectReason } from "./metrics.ts";
 import { json, problem } from "./problem.ts";
 
 /** Validation errors listed in one 422 response at most (the count is always exact). */
@@ -28,23 +28,26 @@ export async function handleIngest(gw: Gateway, request: Request, route: IngestR
   try {
     const config = gw.config; // one config for the whole request, even if a reload swaps it meanwhile
     const auth = config.keys.authenticate(request.headers.get("authorization"));
-    if (!auth.ok) return deny(gw, request, route, auth);
+    if (!auth.ok) return deny(gw, config, request, route, auth);
 
-    const decision = gw.limiter.take(auth.digest);
-    const rateHeaders = { "ratelimit-policy": gw.limiter.policyHeader(), ratelimit: rateLimitHeader(decision) };
+    const { client, limits, metricLabel } = auth.entry;
+    const decision = gw.limiter.take(auth.entry.bucket, started, limits);
+    const rateHeaders = { "ratelimit-policy": limits.policy, ratelimit: rateLimitHeader(decision) };
     if (!decision.allowed) {
       gw.metrics.rateLimited.inc({ endpoint: route });
+      if (config.metricsPerClient) countClientRequest(gw.metrics, metricLabel, "rate_limited");
       gw.throttle.warn(
         "rate_limited",
-        { key_id: auth.keyId, client_ip: gw.clientAddress(request), endpoint: route, retry_after: decision.retryAfterSeconds },
+        { key_id: auth.keyId, client: client ?? undefined, client_ip: gw.clientAddress(request), endpoint: route, retry_after: decision.retryAfterSeconds },
         "rate limit hit",
       );
-      return reject(gw, 429, "rate_limited", `rate limit of ${config.ingestRps}/s (burst ${config.ingestBurst}) exceeded for this key`, {}, {
+      return reject(gw, 429, "rate_limited", `rate limit of ${limits.rps}/s (burst ${limits.burst}) exceeded for this key`, {}, {
         ...rateHeaders,
         "retry-after": String(decision.retryAfterSeconds),
       });
     }
-    const response = await ingestEvents(gw, config, request, route, auth.keyId);
+    const response = await ingestEvents(gw, config, request, route, auth.keyId, client);
+    if (config.metricsPerClient) countClientRequest(gw.metrics, metricLabel, response.status === 202 ? "accepted" : "rejected");
     response.headers.set("ratelimit-policy", rateHeaders["ratelimit-policy"]);
     response.headers.set("ratelimit", rateHeaders.ratelimit);
     return response;
@@ -53,12 +56,20 @@ export async function handleIngest(gw: Gateway, request: Request, route: IngestR
   }
 }
 
-function deny(gw: Gateway, request: Request, route: IngestRoute, auth: Extract<AuthResult, { ok: false }>): Response {
+function deny(gw: Gateway, config: Config, request: Request, route: IngestRoute, auth: Extract<AuthResult, { ok: false }>): Response {
   const reason = auth.reason;
   gw.metrics.authDenied.inc({ reason });
+  if (auth.entry !== null && config.metricsPerClient) countClientRequest(gw.metrics, auth.entry.metricLabel, "revoked_key");
   gw.throttle.warn(
     `auth_${reason}`,
-    { reason, key_id: auth.digest === null ? undefined : keyIdOf(auth.digest), client_ip: gw.clientAddress(request), endpoint: route },
+    {
+      reason,
+      key_id: auth.digest === null ? undefined : keyIdOf(auth.digest),
+      client: auth.entry?.client ?? undefined,
+      expired: auth.expired,
+      client_ip: gw.clientAddress(request),
+      endpoint: route,
+    },
     "auth denied",
   );
   const challenge = reason === "missing_key" ? 'Bearer realm="payflux"' : 'Bearer realm="payflux", error="invalid_token"';
@@ -77,7 +88,7 @@ function reject(
   return problem(status, reason, detail, extra, headers);
 }
 
-async function ingestEvents(gw: Gateway, config: Config, request: Request, route: IngestRoute, keyId: string): Promise<Response> {
+async function ingestEvents(gw: Gateway, config: Config, request: Request, route: IngestRoute, keyId: string, client: string | null): Promise<Response> {
   const batch = route === "/v1/events/batch";
   const mediaType = (request.headers.get("content-type") ?? "").split(";", 1)[0]!.trim().toLowerCase();
   const ndjson = batch && (mediaType === "application/x-ndjson" || mediaType === "application/jsonl");
@@ -138,11 +149,11 @@ async function ingestEvents(gw: Gateway, config: Config, request: Request, route
       ...(errors.length > MAX_LISTED_ERRORS ? { errors_truncated: true } : {}),
     });
   }
-  return store(gw, values as PaymentEvent[], keyId);
+  return store(gw, values as PaymentEvent[], keyId, client);
 }
 
 /** Drops duplicates, appends the rest to the event log, and answers 202 once they are durable. */
-async function store(gw: Gateway, events: PaymentEvent[], keyId: string): Promise<Response> {
+async function store(gw: Gateway, events: PaymentEvent[], keyId: string, client: string | null): Promise<Response> {
   // Serialised before any id is claimed: an event that cannot be (nested too deeply) changes nothing.
   const receivedAt = new Date().toISOString();
   let records: string[];
@@ -159,7 +170,7 @@ async function store(gw: Gateway, events: PaymentEvent[], keyId: string): Promis
     gw.dedup.commit(ids, claim);
     gw.metrics.accepted.inc(owned.length);
     gw.metrics.duplicates.inc(claim.duplicates);
-    gw.logger.debug({ key_id: keyId, accepted: owned.length, duplicates: claim.duplicates }, "events accepted");
+    gw.logger.debug({ key_id: keyId, client: client ?? undefined, accepted: owned.length, duplicates: claim.duplicates }, "events accepted");
     return json(202, { accepted: owned.length, duplicates: claim.duplicates });
   } catch (err) {
     // Whatever failed, the ids stay unseen and requests waiting on them go on.

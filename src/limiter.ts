@@ -1,8 +1,12 @@
+import type { Limits } from "./auth.ts";
+
 /**
- * Per-key token buckets: capacity `burst`, refilled continuously at `rps`
- * tokens per second, one token per request. Buckets are keyed by the key's
- * digest (never the key) and exist only for configured keys, so memory is
- * bounded by the allowlist.
+ * Token buckets: capacity `burst`, refilled continuously at `rps` tokens per
+ * second, one token per request. Buckets are keyed by a bucket id (a key's
+ * digest, or a named client's name: never a key) and exist only for
+ * configured keys, so memory is bounded by the allowlist. Each request brings
+ * its key's limits, so a limit edited by a reload applies from the next
+ * request while the bucket keeps its tokens (a reload never refills one).
  */
 export interface Decision {
   allowed: boolean;
@@ -14,6 +18,10 @@ export interface Decision {
   resetSeconds: number;
 }
 
+/** Accepted ranges of a rate and a burst, for PAYFLUX_INGEST_RPS/BURST and the clients file alike. */
+export const RPS_RANGE = { min: 0.001, max: 1_000_000 };
+export const BURST_RANGE = { min: 1, max: 10_000_000 };
+
 interface Bucket {
   tokens: number;
   updatedAt: number;
@@ -21,22 +29,21 @@ interface Bucket {
 
 export class RateLimiter {
   private readonly buckets = new Map<string, Bucket>();
-  private policy = "";
+  private defaults: Limits;
 
-  constructor(
-    private rps: number,
-    private burst: number,
-  ) {
-    this.policy = policyOf(rps, burst);
+  constructor(rps: number, burst: number) {
+    this.defaults = limitsOf(rps, burst);
   }
 
-  take(keyDigest: string, now = performance.now()): Decision {
-    let bucket = this.buckets.get(keyDigest);
+  take(bucketId: string, now = performance.now(), limits: Limits = this.defaults): Decision {
+    const { rps, burst } = limits;
+    let bucket = this.buckets.get(bucketId);
     if (bucket === undefined) {
-      bucket = { tokens: this.burst, updatedAt: now };
-      this.buckets.set(keyDigest, bucket);
+      bucket = { tokens: burst, updatedAt: now };
+      this.buckets.set(bucketId, bucket);
     } else {
-      bucket.tokens = Math.min(this.burst, bucket.tokens + ((now - bucket.updatedAt) / 1000) * this.rps);
+      // Capped at the burst in force now: a lowered burst applies at once, a raised one fills only by refill.
+      bucket.tokens = Math.min(burst, bucket.tokens + ((now - bucket.updatedAt) / 1000) * rps);
       bucket.updatedAt = now;
     }
     const allowed = bucket.tokens >= 1;
@@ -44,31 +51,31 @@ export class RateLimiter {
     return {
       allowed,
       remaining: Math.floor(bucket.tokens),
-      retryAfterSeconds: Math.max(1, Math.ceil((1 - bucket.tokens) / this.rps)),
-      resetSeconds: Math.ceil((this.burst - bucket.tokens) / this.rps),
+      retryAfterSeconds: Math.max(1, Math.ceil((1 - bucket.tokens) / rps)),
+      resetSeconds: Math.ceil((burst - bucket.tokens) / rps),
     };
   }
 
-  /** Applies new limits: buckets of keys that stay keep their tokens (capped at the new burst); others are dropped. */
-  reconfigure(rps: number, burst: number, liveDigests: Iterable<string>): void {
-    this.rps = rps;
-    this.burst = burst;
-    this.policy = policyOf(rps, burst);
-    const live = new Set(liveDigests);
-    for (const [digest, bucket] of this.buckets) {
-      if (!live.has(digest)) this.buckets.delete(digest);
-      else bucket.tokens = Math.min(bucket.tokens, burst);
-    }
+  /** Applies new default limits: buckets that stay keep their tokens (capped at their burst on next use); others are dropped. */
+  reconfigure(rps: number, burst: number, liveBuckets: Iterable<string>): void {
+    this.defaults = limitsOf(rps, burst);
+    const live = new Set(liveBuckets);
+    for (const id of this.buckets.keys()) if (!live.has(id)) this.buckets.delete(id);
   }
 
-  /** `RateLimit-Policy` value; computed once per configuration, not per request. */
+  /** `RateLimit-Policy` value of the default limits. */
   policyHeader(): string {
-    return this.policy;
+    return this.defaults.policy;
   }
 
   get size(): number {
     return this.buckets.size;
   }
+}
+
+/** Limits with their `RateLimit-Policy` value, computed once per configuration, not per request. */
+export function limitsOf(rps: number, burst: number): Limits {
+  return { rps, burst, policy: policyOf(rps, burst) };
 }
 
 /** `RateLimit-Policy` (IETF httpapi ratelimit-headers draft): quota = burst, window = time to refill it. */

@@ -1,5 +1,5 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
-import { bearerToken, DENIAL_REASONS, secretMatches } from "./auth.ts";
+import { bearerToken, DENIAL_REASONS, secretMatches, type KeyCounts, type KeyRing } from "./auth.ts";
 import { problem } from "./problem.ts";
 import { RUNTIME, VERSION } from "./version.ts";
 
@@ -32,11 +32,17 @@ export type Metrics = ReturnType<typeof createMetrics>;
 export interface MetricSources {
   storage: () => { bytes: number; segments: number };
   dedupIds: () => number;
+  /** Key counts by state now (expired keys change state with the clock, not on reload). */
+  keyCounts: () => KeyCounts;
 }
 
 export function createMetrics() {
   const registry = new Registry();
-  const sources: MetricSources = { storage: () => ({ bytes: 0, segments: 0 }), dedupIds: () => 0 };
+  const sources: MetricSources = {
+    storage: () => ({ bytes: 0, segments: 0 }),
+    dedupIds: () => 0,
+    keyCounts: () => ({ active: 0, revoked: 0, expired: 0, expiringSoon: 0 }),
+  };
   const m = {
     registry,
     sources,
@@ -134,8 +140,26 @@ export function createMetrics() {
     }),
     apiKeys: new Gauge({
       name: "payflux_api_keys",
-      help: "Configured API keys by state",
+      help: "Configured API keys by state (expired: past the client's not_after)",
       labelNames: ["state"] as const,
+      registers: [registry],
+      collect() {
+        const c = sources.keyCounts();
+        for (const state of KEY_STATES) this.set({ state }, c[state]);
+      },
+    }),
+    clientKeyExpiry: new Gauge({
+      name: "payflux_client_key_expiry_timestamp_seconds",
+      help: "Unix time of a named client's not_after (clients file), for clients that are not revoked",
+      labelNames: ["client"] as const,
+      registers: [registry],
+    }),
+    /** Labelled children of clientRequests by "client outcome", cached (prom-client hashes the label object on every call otherwise). */
+    clientCounters: new Map<string, { inc(n?: number): void }>(),
+    clientRequests: new Counter({
+      name: "payflux_client_requests_total",
+      help: "Ingest requests of named clients by outcome (PAYFLUX_METRICS_PER_CLIENT=true; past the cap and env keys: client=\"other\")",
+      labelNames: ["client", "outcome"] as const,
       registers: [registry],
     }),
     reloads: new Counter({
@@ -205,9 +229,46 @@ export function createMetrics() {
   return m;
 }
 
-export function setKeyCounts(m: Metrics, active: number, revoked: number): void {
-  m.apiKeys.set({ state: "active" }, active);
-  m.apiKeys.set({ state: "revoked" }, revoked);
+const KEY_STATES = ["active", "revoked", "expired"] as const;
+
+/** Outcomes of payflux_client_requests_total; revoked_key includes expired keys (as payflux_auth_denied_total does). */
+export const CLIENT_OUTCOMES = ["accepted", "rate_limited", "revoked_key", "rejected"] as const;
+export type ClientOutcome = (typeof CLIENT_OUTCOMES)[number];
+
+/**
+ * Per-client series for a new key ring: the expiry gauge always; request
+ * counters only when enabled, every client's at 0 from the start (so rate()
+ * works from the first scrape), removed for clients that left the file, all
+ * removed when turned off. Counters of clients that stay keep counting.
+ */
+export function setClientSeries(m: Metrics, keys: KeyRing, perClient: boolean): void {
+  m.sources.keyCounts = () => keys.counts();
+  m.clientKeyExpiry.reset();
+  const labels = new Set<string>();
+  for (const e of keys.all()) {
+    if (e.client !== null && !e.revoked && Number.isFinite(e.notAfter)) m.clientKeyExpiry.set({ client: e.client }, e.notAfter / 1000);
+    if (perClient) labels.add(e.metricLabel);
+  }
+  for (const id of [...m.clientCounters.keys()]) {
+    const [client, outcome] = id.split(" ") as [string, ClientOutcome];
+    if (!labels.has(client)) {
+      m.clientRequests.remove(client, outcome);
+      m.clientCounters.delete(id);
+    }
+  }
+  for (const client of labels) for (const outcome of CLIENT_OUTCOMES) clientCounter(m, client, outcome).inc(0);
+}
+
+function clientCounter(m: Metrics, client: string, outcome: ClientOutcome): { inc(n?: number): void } {
+  const id = `${client} ${outcome}`;
+  let c = m.clientCounters.get(id);
+  if (c === undefined) m.clientCounters.set(id, (c = m.clientRequests.labels(client, outcome)));
+  return c;
+}
+
+/** Counts one request of a key when per-client metrics are on (the caller checks). */
+export function countClientRequest(m: Metrics, client: string, outcome: ClientOutcome): void {
+  clientCounter(m, client, outcome).inc();
 }
 
 /** Label value for a request path: the route template, or one shared value for anything else. */

@@ -1,7 +1,8 @@
+import type { KeyCounts } from "./auth.ts";
 import { fingerprintOf, loadConfig, SETTING_VARIABLE, type Config } from "./config.ts";
 import type { LogLimits } from "./event-log.ts";
 import type { Gateway } from "./gateway.ts";
-import { setKeyCounts } from "./metrics.ts";
+import { setClientSeries } from "./metrics.ts";
 
 /** Settings bound at start-up; a changed value waits for a restart. */
 const RESTART_ONLY = ["host", "port", "dataDir", "forwardRedisUrl", "forwardStream", "forwardMaxlen"] as const;
@@ -14,11 +15,11 @@ const SETTINGS = Object.keys(SETTING_VARIABLE) as (keyof typeof SETTING_VARIABLE
  */
 export function applyConfig(gw: Gateway, next: Config): void {
   gw.config = next;
-  gw.limiter.reconfigure(next.ingestRps, next.ingestBurst, next.keys.activeDigests());
+  gw.limiter.reconfigure(next.ingestRps, next.ingestBurst, next.keys.liveBuckets());
   gw.dedup.setLimits(next.dedupWindowMs, next.dedupMaxIds);
   gw.log.setLimits(logLimits(next));
   gw.logger.level = next.logLevel;
-  setKeyCounts(gw.metrics, next.keys.activeCount, next.keys.revokedCount);
+  setClientSeries(gw.metrics, next.keys, next.metricsPerClient);
 }
 
 /**
@@ -63,6 +64,11 @@ export function reloadConfig(gw: Gateway, env: Record<string, string | undefined
   metrics.lastReloadSuccessful.set(1);
   metrics.lastReloadSuccessTime.set(Date.now() / 1000);
   return true;
+}
+
+/** Key counts for log lines: the states of payflux_api_keys. */
+export function keyStates(c: KeyCounts): { active: number; revoked: number; expired: number } {
+  return { active: c.active, revoked: c.revoked, expired: c.expired };
 }
 
 export function logLimits(c: Config): LogLimits {

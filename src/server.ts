@@ -8,7 +8,7 @@ import type { Gateway } from "./gateway.ts";
 import { RateLimiter } from "./limiter.ts";
 import { createLogger, LogThrottle } from "./logger.ts";
 import { createMetrics } from "./metrics.ts";
-import { applyConfig, logLimits, reloadConfig } from "./reload.ts";
+import { applyConfig, keyStates, logLimits, reloadConfig } from "./reload.ts";
 import { AddressInUseError, startHttpServer, type HttpServer } from "./runtime.ts";
 import { EXIT } from "./exit-codes.ts";
 import { RUNTIME, VERSION } from "./version.ts";
@@ -121,7 +121,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
       runtime: RUNTIME,
       address: `http://${config.host.includes(":") ? `[${config.host}]` : config.host}:${server.port}`,
       port: server.port,
-      keys: { active: config.keys.activeCount, revoked: config.keys.revokedCount },
+      keys: keyStates(config.keys.counts()),
       config_source: config.source,
       config_fingerprint: config.fingerprint,
       data_dir: config.dataDir,

@@ -60,22 +60,30 @@ describe("version, help, usage errors", () => {
 });
 
 describe("keygen", () => {
-  test("prints 64 hex characters, different each time", () => {
+  /** keygen's labelled lines: `key:` (shown once), `config:` (the hash only), `key_id:`. */
+  const fields = (stdout: string) => Object.fromEntries(stdout.trim().split("\n").map((l) => [l.slice(0, l.indexOf(":")), l.slice(l.indexOf(":") + 1).trim()]));
+
+  test("prints a new 64-hex key once, on its own labelled line, different each time; the config line holds only its hash", () => {
     const a = runCli(["keygen"]);
     const b = runCli(["keygen"]);
     expect(a.code).toBe(0);
     expect(b.code).toBe(0);
-    expect(a.stdout).toMatch(/^[0-9a-f]{64}\n$/);
-    expect(b.stdout).toMatch(/^[0-9a-f]{64}\n$/);
-    expect(a.stdout).not.toBe(b.stdout);
+    expect(a.stdout).toMatch(/^key: +[0-9a-f]{64}\nconfig: +PAYFLUX_API_KEYS=sha256:[0-9a-f]{64}\nkey_id: +[0-9a-f]{12}\n$/);
+    const fa = fields(a.stdout);
+    expect(fa.key).not.toBe(fields(b.stdout).key);
+    expect(a.stdout.split(fa.key!).length).toBe(2); // the key appears once
+    expect(fa.config).not.toContain(fa.key!);
+    expect(a.stderr).toMatch(/not shown again/);
   });
 
-  test("a generated key is accepted by serve without a short-key warning", async () => {
-    const key = runCli(["keygen"]).stdout.trim();
-    const server = await startServer({ env: { PAYFLUX_API_KEYS: key } });
-    expect((await post(server, SINGLE, event(), { key })).status).toBe(202);
+  test("a generated key is accepted by serve, configured only by the printed hash, without a warning", async () => {
+    const out = fields(runCli(["keygen"]).stdout);
+    const hashed = out.config!.slice("PAYFLUX_API_KEYS=".length);
+    const server = await startServer({ env: { PAYFLUX_API_KEYS: hashed } });
+    expect((await post(server, SINGLE, event(), { key: out.key! })).status).toBe(202);
     expect(server.logs().filter((l) => l.level === "warn")).toEqual([]);
   });
+});
 });
 
 describe("check-config", () => {
@@ -154,7 +162,7 @@ describe("serve", () => {
     const server = await startServer({ env: { PAYFLUX_API_KEYS: "" }, args: ["serve", "--config", file] });
     const start = server.logs().find((l) => l.msg === "payflux listening")!;
     expect(start.config_source).toBe(file);
-    expect(start.keys).toEqual({ active: 1, revoked: 0 });
+    expect(start.keys).toEqual({ active: 1, revoked: 0, expired: 0 });
     expect((await post(server, SINGLE, event(), { key: KEY2 })).status).toBe(202);
     expect((await post(server, SINGLE, event(), { key: KEY2 })).status).toBe(202);
     const limited = await post(server, SINGLE, event(), { key: KEY2 });
