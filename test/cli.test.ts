@@ -84,7 +84,6 @@ describe("keygen", () => {
     expect(server.logs().filter((l) => l.level === "warn")).toEqual([]);
   });
 });
-});
 
 describe("check-config", () => {
   test("valid: exit 0, a summary with key counts and no key", () => {
