@@ -121,7 +121,7 @@ describe("a run full of denials", () => {
     expect(s.level).toBe("info");
     expect(s.version).toBe(pkg.version);
     expect(s.address).toBe(`http://127.0.0.1:${server.port}`);
-    expect(s.keys).toEqual({ active: 2, revoked: 1 });
+    expect(s.keys).toEqual({ active: 2, revoked: 1, expired: 0 });
     expect(s.config_source).toBe("environment");
   });
 
