@@ -101,14 +101,6 @@ export class KeyRing {
     this.entries = new Map([...entries].map((e) => [e.digest, e]));
   }
 
-  /** A ring of anonymous keys with the same limits (tests, simple callers); revocation wins over the allowlist. */
-  static of(allowedDigests: Iterable<string>, revokedDigests: Iterable<string>, limits: Limits): KeyRing {
-    const out = new Map<string, KeyEntry>();
-    for (const d of allowedDigests) out.set(d, anonymous(d, false, limits));
-    for (const d of revokedDigests) out.set(d, anonymous(d, true, limits));
-    return new KeyRing(out.values());
-  }
-
   all(): KeyEntry[] {
     return [...this.entries.values()];
   }
@@ -154,7 +146,8 @@ export class KeyRing {
   }
 }
 
-function anonymous(digest: string, revoked: boolean, limits: Limits): KeyEntry {
+/** The entry of a key from the env lists: no name, the default limits, its own bucket. */
+export function anonymousEntry(digest: string, revoked: boolean, limits: Limits): KeyEntry {
   return { digest, keyId: keyIdOf(digest), client: null, revoked, notAfter: Infinity, limits, bucket: digest, metricLabel: OTHER_CLIENT };
 }
 

@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { createHash } from "node:crypto";
-import { configuredDigest, HASH_PREFIX, KEY_ID_PREFIX, KeyRing, keyDigest, keyIdOf, OTHER_CLIENT, type KeyEntry } from "./auth.ts";
+import { anonymousEntry, configuredDigest, HASH_PREFIX, KEY_ID_PREFIX, KeyRing, keyDigest, keyIdOf, type KeyEntry } from "./auth.ts";
 import { metricLabelOf, parseClientsFile, type ClientSpec } from "./clients.ts";
 import { parseEnvFile } from "./env-file.ts";
 import { BURST_RANGE, limitsOf, RPS_RANGE } from "./limiter.ts";
@@ -198,7 +198,8 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
 
 /** 12 hex characters over every effective setting (keys as digests), the same on every instance. */
 export function fingerprintOf(c: Config): string {
-  const { keys, source: _source, fingerprint: _fingerprint, warnings: _warnings, ...settings } = c;
+  // The clients file counts by content (in `keys`), not by path.
+  const { keys, source: _source, fingerprint: _fingerprint, warnings: _warnings, clientsFile: _clientsFile, ...settings } = c;
   const entries = keys.all().map((e) => [e.digest, e.client, e.revoked, e.notAfter, e.limits.rps, e.limits.burst]);
   const effective = { keys: entries.sort((a, b) => (a[0]! < b[0]! ? -1 : 1)), ...settings };
   return createHash("sha256").update(JSON.stringify(effective)).digest("hex").slice(0, 12);
@@ -216,7 +217,7 @@ function loadKeys(get: (name: VariableName) => string, clientsFile: string, rps:
   const allow = (digest: string, revoked: boolean) => {
     const have = entries.get(digest);
     if (have !== undefined) have.revoked ||= revoked;
-    else entries.set(digest, { digest, keyId: keyIdOf(digest), client: null, revoked, notAfter: Infinity, limits: defaults, bucket: digest, metricLabel: OTHER_CLIENT });
+    else entries.set(digest, anonymousEntry(digest, revoked, defaults));
   };
   for (const name of ["PAYFLUX_API_KEYS", "PAYFLUX_API_KEY"] as const) {
     for (const entry of keyList(name, get(name), errors, warnings)) allow(configuredDigest(entry)!, false);
