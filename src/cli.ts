@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { EXPIRING_SOON_MS, HASH_PREFIX, KEY_ID_PREFIX, keyDigest, keyIdOf, type KeyEntry } from "./auth.ts";
-import { CLIENT_NAME } from "./clients.ts";
+import { nameProblem } from "./clients.ts";
 import { loadConfig, MIN_RECOMMENDED_KEY_LENGTH, redactUrl } from "./config.ts";
 import { EXIT } from "./exit-codes.ts";
 import { serve } from "./server.ts";
@@ -104,7 +104,8 @@ function parseKeygen(args: string[]): Command | { error: string } {
     const arg = args.shift()!;
     const value = arg === "--name" ? args.shift() : arg.startsWith("--name=") ? arg.slice(7) : undefined;
     if (value === undefined) return { error: arg.startsWith("-") && arg !== "--name" ? `unknown flag ${arg}` : arg === "--name" ? "--name needs a client name" : `unknown argument ${arg}` };
-    if (!CLIENT_NAME.test(value)) return { error: "--name must match [a-z0-9][a-z0-9_.-]{0,63} (lowercase letters, digits, _ . -)" };
+    const problem = nameProblem(value);
+    if (problem !== null) return { error: `--name: ${problem}` };
     clientName = value;
   }
   return { name: "keygen", clientName };

@@ -63,15 +63,9 @@ export function parseClientsFile(text: string, file: string, minKeyLength: numbe
     }
     const [name, secret, ...options] = fields as [string, string, ...string[]];
     let ok = true;
-    if (!CLIENT_NAME.test(name)) {
-      errors.push(`${at}: the name must match [a-z0-9][a-z0-9_.-]{0,63} (lowercase letters, digits, _ . -)`);
-      ok = false;
-    } else if (/^[0-9a-f]{24,}$/.test(name)) {
-      // A generated key in the name column (columns swapped?) would be printed as a name.
-      errors.push(`${at}: the name looks like a key (24 or more hex digits); put the name first, then the secret`);
-      ok = false;
-    } else if (name === OTHER_CLIENT) {
-      errors.push(`${at}: the name "${OTHER_CLIENT}" is reserved (metrics count unnamed keys under it)`);
+    const problem = nameProblem(name);
+    if (problem !== null) {
+      errors.push(`${at}: ${problem}`);
       ok = false;
     } else if (nameLine.has(name)) {
       errors.push(`${at}: the name ${name} is already used on line ${nameLine.get(name)}`);
@@ -147,6 +141,15 @@ export function parseClientsFile(text: string, file: string, minKeyLength: numbe
     warnings.push(`${file}: ${plain} secret(s) in plain text; \`payflux hash-key\` converts each to its ${HASH_PREFIX} form`);
   }
   return { clients, errors, warnings };
+}
+
+/** Why a client name is refused (never quoting it: it may be a key in the wrong column), or null. */
+export function nameProblem(name: string): string | null {
+  if (!CLIENT_NAME.test(name)) return "the name must match [a-z0-9][a-z0-9_.-]{0,63} (lowercase letters, digits, _ . -)";
+  // A generated key in the name column (columns swapped?) would be printed as a name.
+  if (/^[0-9a-f]{24,}$/.test(name)) return "the name looks like a key (24 or more hex digits); put the name first, then the secret";
+  if (name === OTHER_CLIENT) return `the name "${OTHER_CLIENT}" is reserved (metrics count unnamed keys under it)`;
+  return null;
 }
 
 /** The first PER_CLIENT_METRICS_CAP clients in file order keep their name as metric label. */

@@ -52,6 +52,14 @@ describe("version, help, usage errors", () => {
     }
   });
 
+  test("keygen --name takes one valid, unreserved client name; hash-key takes no arguments (64, nothing on stdout)", async () => {
+    for (const args of [["keygen", "--name"], ["keygen", "--name", "Acme"], ["keygen", "--name", "other"], ["keygen", "--name", "a".repeat(65)], ["keygen", "acme"], ["hash-key", "extra"]]) {
+      const r = await runUsage(args);
+      expect([args, r.code, r.stdout]).toEqual([args, 64, ""]);
+      expect(r.stderr).toMatch(/usage/i);
+    }
+  });
+
   test("--config without a file name is a usage error (64)", async () => {
     const r = await runUsage(["serve", "--config"]);
     expect(r.code).toBe(64);
