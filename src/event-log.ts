@@ -64,6 +64,8 @@ export interface LogHooks {
   onFlush?: (seconds: number) => void;
   /** Records that became durable. */
   onDurable?: (records: number) => void;
+  /** The group commit's sync (node:fs fdatasync); tests pass a spy to prove no append resolves before its sync returned. */
+  fdatasync?: (fd: number, callback: (err: NodeJS.ErrnoException | null) => void) => void;
 }
 
 interface Pending {
@@ -293,7 +295,7 @@ export class EventLog {
     }
     this.syncing = true;
     this.syncingBytes = bytes;
-    fdatasync(fd, (err) => {
+    (this.hooks.fdatasync ?? fdatasync)(fd, (err) => {
       this.syncing = false;
       this.syncingBytes = 0;
       if (err) this.settle(group, err);
