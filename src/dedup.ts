@@ -1,4 +1,4 @@
-import type { EventLog } from "./event-log.ts";
+import type { EventLog, LogPosition } from "./event-log.ts";
 
 /**
  * Remembers event ids for the dedup window. An id counts as seen only once
@@ -145,6 +145,26 @@ export class DedupIndex {
     return this.table.size;
   }
 
+  /** The ids held, oldest first, 5 words each (4 id words, expiry in seconds): the shutdown snapshot. */
+  exportIds(): Uint32Array {
+    return this.table.export();
+  }
+
+  /** Start-up from a snapshot: `shiftSec` moves every expiry (the window changed since it was written). */
+  importIds(words: Uint32Array, shiftSec = 0, now = Date.now()): void {
+    const n = words.length / 5;
+    this.table.reserve(Math.min(this.maxIds, n));
+    const w = this.words;
+    for (let i = 0; i < n; i++) {
+      const expiry = words[i * 5 + 4]! + shiftSec;
+      if (expiry * 1000 <= now) continue;
+      w.set(words.subarray(i * 5, i * 5 + 4));
+      this.makeRoom(now);
+      this.table.add(w, expiry);
+    }
+    this.prune(now);
+  }
+
   /** Bytes held by the index's arrays (for the bench's bytes-per-id figure). */
   get bytes(): number {
     return this.table.bytes;
@@ -194,6 +214,30 @@ class IdTable {
 
   get bytes(): number {
     return this.ids.byteLength + this.expiries.byteLength + this.slots.byteLength;
+  }
+
+  /** Live ids in ring order, 5 words each (id words, expiry). */
+  export(): Uint32Array {
+    const out = new Uint32Array(this.size * 5);
+    const live = this.liveFlags();
+    let n = 0;
+    for (let k = 0, at = this.head; k < this.entries; k++, at = at + 1 === this.capacity ? 0 : at + 1) {
+      if (live[k] !== 1) continue;
+      out.set(this.ids.subarray(at * 4, at * 4 + 4), n * 5);
+      out[n * 5 + 4] = this.expiries[at]!;
+      n++;
+    }
+    return out;
+  }
+
+  /** 1 for each ring entry (counted from the head) that the table points to, 0 for superseded ones. */
+  private liveFlags(): Uint8Array {
+    const live = new Uint8Array(this.entries);
+    for (let i = 0; i < this.slots.length; i++) {
+      const v = this.slots[i]!;
+      if (v !== 0) live[(v - 1 - this.head + this.capacity) % this.capacity] = 1;
+    }
+    return live;
   }
 
   /** Makes room for `n` entries at once (start-up restore). */
@@ -292,11 +336,7 @@ class IdTable {
       ids.set(this.ids.subarray(at * 4, at * 4 + 4), k * 4);
       expiries[k] = this.expiries[at]!;
     }
-    const live = new Uint8Array(this.entries);
-    for (let i = 0; i < this.slots.length; i++) {
-      const v = this.slots[i]!;
-      if (v !== 0) live[(v - 1 - this.head + this.capacity) % this.capacity] = 1;
-    }
+    const live = this.liveFlags();
     this.ids = ids;
     this.expiries = expiries;
     this.capacity = capacity;
@@ -319,17 +359,40 @@ export function idsFromLog(log: EventLog, windowMs: number, maxIds: number, now 
     if (mtime !== null && mtime < since) break; // every record in it is older
     const records = log.segmentRecords(seq);
     for (let i = records.length - 1; i >= 0; i--) {
-      let e: { event_id?: unknown; received_at?: unknown };
-      try {
-        e = JSON.parse(records[i]!.toString("utf8"));
-      } catch {
-        continue;
-      }
-      const at = typeof e.received_at === "string" ? Date.parse(e.received_at) : NaN;
-      if (typeof e.event_id !== "string" || !(at >= since)) continue;
-      found.push([e.event_id.toLowerCase(), at + windowMs]);
+      const id = idOf(records[i]!, since);
+      if (id === null) continue;
+      found.push([id[0], id[1] + windowMs]);
       if (found.length >= maxIds) return found.reverse();
     }
   }
   return found.reverse();
+}
+
+/** Ids of the records written from `from` to the log's durable end (after a snapshot), oldest first. */
+export function idsSince(log: EventLog, from: LogPosition, windowMs: number, now = Date.now()): [string, number][] {
+  const since = now - windowMs;
+  const found: [string, number][] = [];
+  let at = from;
+  for (;;) {
+    const { records, next } = log.read(at, 1 << 20);
+    if (records.length === 0) return found;
+    for (const r of records) {
+      const id = idOf(r, since);
+      if (id !== null) found.push([id[0], id[1] + windowMs]);
+    }
+    at = next;
+  }
+}
+
+/** [event_id, received_at ms] of a stored record, or null when it is unreadable or older than `since`. */
+function idOf(record: Buffer, since: number): [string, number] | null {
+  let e: { event_id?: unknown; received_at?: unknown };
+  try {
+    e = JSON.parse(record.toString("utf8"));
+  } catch {
+    return null;
+  }
+  const at = typeof e.received_at === "string" ? Date.parse(e.received_at) : NaN;
+  if (typeof e.event_id !== "string" || !(at >= since)) return null;
+  return [e.event_id.toLowerCase(), at];
 }
