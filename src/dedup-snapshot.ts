@@ -12,21 +12,23 @@ import type { LogPosition } from "./event-log.ts";
  * log is read as before). It is deleted once loaded: a later crash must not
  * find a stale one.
  *
- * Layout: "PFDEDUP1", u32 count, u32 CRC-32 of the entries, u32 window in
- * seconds, u32 reserved, f64 segment, f64 offset, then `count` entries of 5
- * little-endian u32 (the id's four words, expiry in seconds).
+ * Layout: "PFDEDUP2", u32 count, u32 CRC-32 of the entries, u32 window in
+ * seconds, u32 reserved, f64 segment, f64 offset, f64 base (ms), then `count`
+ * entries of 5 little-endian u32 (the id's four words, expiry in 10 ms ticks
+ * after base).
  */
 const FILE = "dedup.snapshot";
-const MAGIC = "PFDEDUP1";
-const HEADER_BYTES = 40;
+const MAGIC = "PFDEDUP2";
+const HEADER_BYTES = 48;
 
 export interface Snapshot {
   ids: Uint32Array;
+  base: number;
   windowSec: number;
   position: LogPosition;
 }
 
-export function writeSnapshot(dataDir: string, ids: Uint32Array, windowMs: number, position: LogPosition): void {
+export function writeSnapshot(dataDir: string, { words: ids, base }: { words: Uint32Array; base: number }, windowMs: number, position: LogPosition): void {
   const body = new Uint8Array(ids.buffer, ids.byteOffset, ids.byteLength);
   const header = Buffer.alloc(HEADER_BYTES);
   header.write(MAGIC, 0, "latin1");
@@ -35,6 +37,7 @@ export function writeSnapshot(dataDir: string, ids: Uint32Array, windowMs: numbe
   header.writeUInt32LE(Math.round(windowMs / 1000), 16);
   header.writeDoubleLE(position.segment, 24);
   header.writeDoubleLE(position.offset, 32);
+  header.writeDoubleLE(base, 40);
   const tmp = join(dataDir, `${FILE}.tmp`);
   const fd = openSync(tmp, "w");
   try {
@@ -72,6 +75,7 @@ export function takeSnapshot(dataDir: string): Snapshot | null {
   new Uint8Array(ids.buffer).set(body);
   return {
     ids,
+    base: buf.readDoubleLE(40),
     windowSec: buf.readUInt32LE(16),
     position: { segment: buf.readDoubleLE(24), offset: buf.readDoubleLE(32) },
   };

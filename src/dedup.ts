@@ -1,4 +1,5 @@
 import type { EventLog, LogPosition } from "./event-log.ts";
+import { storedId } from "./record.ts";
 
 /**
  * Remembers event ids for the dedup window. An id counts as seen only once
@@ -19,6 +20,8 @@ export class DedupIndex {
   private readonly table = new IdTable();
   private readonly inflight = new Map<string, Promise<void>>();
   private readonly words = new Uint32Array(4);
+  /** Expiries are held as 10 ms ticks after this time (ms), so 32 bits last 497 days; see tick(). */
+  private base = Math.floor((Date.now() - 86_400_000) / TICK_MS) * TICK_MS;
 
   /**
    * @param maxIds memory bound: past it the oldest ids are forgotten early
@@ -42,14 +45,30 @@ export class DedupIndex {
     for (const [id, expiry] of entries) {
       if (!UUID.test(id) || !parseUuid(id, this.words)) continue;
       this.makeRoom(0);
-      this.table.add(this.words, Math.ceil(expiry / 1000));
+      this.table.add(this.words, this.tick(expiry));
     }
     this.prune(Date.now());
   }
 
+  /** An expiry (ms since the epoch) as ticks, rounded up; rebases every expiry held when the 32 bits run out. */
+  private tick(ms: number): number {
+    const t = Math.max(0, Math.ceil((ms - this.base) / TICK_MS));
+    if (t <= 0xffffffff) return t;
+    // Windows are at most 30 days, so every expiry still live lies after the new base.
+    const shift = Math.floor((ms - 40 * 86_400_000 - this.base) / TICK_MS);
+    this.table.rebase(shift);
+    this.base += shift * TICK_MS;
+    return t - shift;
+  }
+
+  /** The ticks that have passed at `now`: an expiry at or below it is over. */
+  private ticksAt(now: number): number {
+    return Math.floor((now - this.base) / TICK_MS);
+  }
+
   private isSeen(id: string, now: number): boolean {
     const expiry = this.table.expiryOf(this.wordsOf(id));
-    return expiry >= 0 && expiry * 1000 > now;
+    return expiry >= 0 && expiry > this.ticksAt(now);
   }
 
   private wordsOf(id: string): Uint32Array {
@@ -100,7 +119,7 @@ export class DedupIndex {
 
   /** The owned ids are durable: remember them for the window and wake waiters. */
   commit(ids: string[], claim: Claim, now = Date.now()): void {
-    const expiry = Math.ceil((now + this.windowMs) / 1000);
+    const expiry = this.tick(now + this.windowMs);
     for (let i = 0; i < ids.length; i++) {
       if (!claim.owned[i]) continue;
       this.makeRoom(now);
@@ -125,7 +144,7 @@ export class DedupIndex {
   /** At the cap, forgets the oldest id before another is added. */
   private makeRoom(now: number): void {
     let evicted = 0;
-    while (this.table.entries >= this.maxIds) if (this.table.shift(now)) evicted++;
+    while (this.table.entries >= this.maxIds) if (this.table.shift(this.ticksAt(now))) evicted++;
     if (evicted > 0) this.onEvictedEarly(evicted);
   }
 
@@ -135,9 +154,10 @@ export class DedupIndex {
    */
   private prune(now: number): void {
     let budget = 1000;
-    while (budget-- > 0 && this.table.entries > 0 && this.table.oldestExpiry() * 1000 <= now) this.table.shift(now);
+    const passed = this.ticksAt(now);
+    while (budget-- > 0 && this.table.entries > 0 && this.table.oldestExpiry() <= passed) this.table.shift(passed);
     let evicted = 0;
-    while (this.table.entries > this.maxIds) if (this.table.shift(now)) evicted++;
+    while (this.table.entries > this.maxIds) if (this.table.shift(passed)) evicted++;
     if (evicted > 0) this.onEvictedEarly(evicted);
   }
 
@@ -145,22 +165,22 @@ export class DedupIndex {
     return this.table.size;
   }
 
-  /** The ids held, oldest first, 5 words each (4 id words, expiry in seconds): the shutdown snapshot. */
-  exportIds(): Uint32Array {
-    return this.table.export();
+  /** The ids held, oldest first, 5 words each (4 id words, expiry tick after `base` ms): the shutdown snapshot. */
+  exportIds(): { words: Uint32Array; base: number } {
+    return { words: this.table.export(), base: this.base };
   }
 
-  /** Start-up from a snapshot: `shiftSec` moves every expiry (the window changed since it was written). */
-  importIds(words: Uint32Array, shiftSec = 0, now = Date.now()): void {
+  /** Start-up from a snapshot: `shiftMs` moves every expiry (the window changed since it was written). */
+  importIds(words: Uint32Array, base: number, shiftMs = 0, now = Date.now()): void {
     const n = words.length / 5;
     this.table.reserve(Math.min(this.maxIds, n));
     const w = this.words;
     for (let i = 0; i < n; i++) {
-      const expiry = words[i * 5 + 4]! + shiftSec;
-      if (expiry * 1000 <= now) continue;
+      const expiryMs = base + words[i * 5 + 4]! * TICK_MS + shiftMs;
+      if (expiryMs <= now) continue;
       w.set(words.subarray(i * 5, i * 5 + 4));
       this.makeRoom(now);
-      this.table.add(w, expiry);
+      this.table.add(w, this.tick(expiryMs));
     }
     this.prune(now);
   }
@@ -171,6 +191,8 @@ export class DedupIndex {
   }
 }
 
+/** Resolution of the expiries the index keeps. */
+const TICK_MS = 10;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** A validated UUID's 128 bits as four 32-bit words; false for anything that is not 36 characters of UUID shape. */
@@ -273,8 +295,13 @@ class IdTable {
     this.size++;
   }
 
-  /** Drops the oldest ring entry; true when it was a live id that had not expired at `now`. */
-  shift(now: number): boolean {
+  /** Subtracts `by` from every expiry (floored at 0): the owner's time base moved. */
+  rebase(by: number): void {
+    for (let i = 0; i < this.capacity; i++) this.expiries[i] = Math.max(0, this.expiries[i]! - by);
+  }
+
+  /** Drops the oldest ring entry; true when it was a live id whose expiry is past `passed`. */
+  shift(passed: number): boolean {
     const at = this.head;
     this.head = at + 1 === this.capacity ? 0 : at + 1;
     this.entries--;
@@ -283,7 +310,7 @@ class IdTable {
     if (slot < 0 || this.slots[slot] !== at + 1) return false; // superseded
     this.remove(slot);
     this.size--;
-    return this.expiries[at]! * 1000 > now;
+    return this.expiries[at]! > passed;
   }
 
   private home(a: number, b: number, c: number, d: number): number {
@@ -347,52 +374,29 @@ class IdTable {
 }
 
 /**
- * Rebuilds the duplicate window from the event log at start-up, so that a
- * restart does not let a retry through: reads segments newest first, stops
- * at the window's start or after `maxIds` ids, and returns the ids oldest first.
+ * Rebuilds the duplicate window from the event log at start-up (no snapshot,
+ * e.g. after a crash), so that a restart does not let a retry through. Reads
+ * forward from the first segment written within the window, in 1 MiB chunks,
+ * yielding ids oldest first: memory stays flat however large the window.
  */
-export function idsFromLog(log: EventLog, windowMs: number, maxIds: number, now = Date.now()): [string, number][] {
+export function* idsFromLog(log: EventLog, windowMs: number, now = Date.now()): Generator<[string, number]> {
   const since = now - windowMs;
-  const found: [string, number][] = [];
-  for (const seq of log.segments().reverse()) {
-    const mtime = log.segmentMtime(seq);
-    if (mtime !== null && mtime < since) break; // every record in it is older
-    const records = log.segmentRecords(seq);
-    for (let i = records.length - 1; i >= 0; i--) {
-      const id = idOf(records[i]!, since);
-      if (id === null) continue;
-      found.push([id[0], id[1] + windowMs]);
-      if (found.length >= maxIds) return found.reverse();
-    }
-  }
-  return found.reverse();
+  // A segment last written before the window holds only older records.
+  const first = log.segments().find((seq) => (log.segmentMtime(seq) ?? Infinity) >= since);
+  if (first !== undefined) yield* idsSince(log, { segment: first, offset: 0 }, windowMs, now);
 }
 
-/** Ids of the records written from `from` to the log's durable end (after a snapshot), oldest first. */
-export function idsSince(log: EventLog, from: LogPosition, windowMs: number, now = Date.now()): [string, number][] {
+/** Ids of the records from `from` to the log's durable end (after a snapshot, or the window's start), oldest first. */
+export function* idsSince(log: EventLog, from: LogPosition, windowMs: number, now = Date.now()): Generator<[string, number]> {
   const since = now - windowMs;
-  const found: [string, number][] = [];
   let at = from;
   for (;;) {
     const { records, next } = log.read(at, 1 << 20);
-    if (records.length === 0) return found;
+    if (records.length === 0) return;
     for (const r of records) {
-      const id = idOf(r, since);
-      if (id !== null) found.push([id[0], id[1] + windowMs]);
+      const stored = storedId(r);
+      if (stored !== null && stored.receivedAt >= since) yield [stored.id, stored.receivedAt + windowMs];
     }
     at = next;
   }
-}
-
-/** [event_id, received_at ms] of a stored record, or null when it is unreadable or older than `since`. */
-function idOf(record: Buffer, since: number): [string, number] | null {
-  let e: { event_id?: unknown; received_at?: unknown };
-  try {
-    e = JSON.parse(record.toString("utf8"));
-  } catch {
-    return null;
-  }
-  const at = typeof e.received_at === "string" ? Date.parse(e.received_at) : NaN;
-  if (typeof e.event_id !== "string" || !(at >= since)) return null;
-  return [e.event_id.toLowerCase(), at];
 }

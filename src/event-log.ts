@@ -474,14 +474,6 @@ export class EventLog {
     }
   }
 
-  /** Every valid record of one segment (start-up: rebuilding the duplicate window). */
-  segmentRecords(seq: number): Buffer[] {
-    const path = join(this.dir, segmentName(seq));
-    const end = seq === this.seq ? this.durableSize : Infinity;
-    const buf = readWhole(path);
-    return scanLines(end < buf.length ? buf.subarray(0, end) : buf).records;
-  }
-
   /** Modification time of a segment (ms), or null if it is gone. */
   segmentMtime(seq: number): number | null {
     try {

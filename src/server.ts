@@ -77,10 +77,10 @@ export async function serve(configFile: string | undefined): Promise<void> {
   // A clean shutdown left the window in a snapshot: load it and read only the records written after it.
   const snapshot = takeSnapshot(config.dataDir);
   if (snapshot !== null) {
-    dedup.importIds(snapshot.ids, Math.round(config.dedupWindowMs / 1000) - snapshot.windowSec);
+    dedup.importIds(snapshot.ids, snapshot.base, config.dedupWindowMs - snapshot.windowSec * 1000);
     dedup.restore(idsSince(log, snapshot.position, config.dedupWindowMs));
   } else {
-    dedup.restore(idsFromLog(log, config.dedupWindowMs, config.dedupMaxIds));
+    dedup.restore(idsFromLog(log, config.dedupWindowMs));
   }
   const restored = { length: dedup.size, from: snapshot !== null ? "snapshot" : "log" };
   if (config.forwardRedisUrl !== null) {

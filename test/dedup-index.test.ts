@@ -6,6 +6,7 @@
  */
 import { describe, expect, test } from "bun:test";
 import { DedupIndex, parseUuid } from "../src/dedup.ts";
+import { storedId } from "../src/record.ts";
 
 /** Deterministic PRNG (mulberry32), so a failure can be replayed. */
 function rng(seed: number) {
@@ -30,7 +31,7 @@ describe("DedupIndex matches a Map model", () => {
       const pool: string[] = [];
       let now = 1_800_000_000_000;
       for (let step = 0; step < 20_000; step++) {
-        now += Math.floor(r() * (windowMs / 200));
+        now += 10 * Math.floor(r() * (windowMs / 2000)); // whole ticks: expiries are kept to 10 ms
         // Ids: new ones, and repeats of earlier ones (some expired, some evicted).
         const ids = Array.from({ length: 1 + Math.floor(r() * 4) }, () => {
           if (pool.length > 0 && r() < 0.4) return pool[Math.floor(r() * pool.length)]!;
@@ -56,7 +57,7 @@ describe("DedupIndex matches a Map model", () => {
         ids.forEach((id, i) => {
           if (!claim.owned[i]) return;
           model.delete(id);
-          model.set(id, Math.ceil((now + windowMs) / 1000) * 1000);
+          model.set(id, now + windowMs);
         });
         for (const [id, exp] of model) {
           if (model.size <= maxIds && exp > now) break;
@@ -95,5 +96,57 @@ describe("DedupIndex matches a Map model", () => {
     expect(parseUuid("123e4567-e89b-12d3-a456-426614174000", w)).toBe(true);
     expect([...w]).toEqual([0x123e4567, 0xe89b12d3, 0xa4564266, 0x14174000]);
     expect(parseUuid("not-a-uuid", w)).toBe(false);
+  });
+});
+
+describe("reading an id back out of a stored record", () => {
+  const tail = ',"received_at":"2026-11-22T08:00:01.234Z","key_id":"0123456789ab"}';
+  const at = Date.parse("2026-11-22T08:00:01.234Z");
+  test("the top-level event_id and received_at, lowercased", () => {
+    const rec = Buffer.from(`{"event_type":"x","event_id":"123E4567-E89B-12D3-A456-426614174000","processor":"stripe"${tail}`);
+    expect(storedId(rec)).toEqual({ id: "123e4567-e89b-12d3-a456-426614174000", receivedAt: at });
+  });
+  test("a nested event_id never passes for the event's own, wherever it sits", () => {
+    for (const body of [
+      `{"meta":{"event_id":"00000000-0000-4000-8000-000000000000"},"event_id":"123e4567-e89b-12d3-a456-426614174000"`,
+      `{"event_id":"123e4567-e89b-12d3-a456-426614174000","meta":{"event_id":"00000000-0000-4000-8000-000000000000"}`,
+      `{"note":"he said \\"event_id\\":\\"00000000-0000-4000-8000-000000000000\\"","event_id":"123e4567-e89b-12d3-a456-426614174000"`,
+    ]) {
+      expect(storedId(Buffer.from(body + tail))).toEqual({ id: "123e4567-e89b-12d3-a456-426614174000", receivedAt: at });
+    }
+  });
+  test("a record without the service's tail is parsed; garbage is null", () => {
+    expect(storedId(Buffer.from('{"event_id":"123e4567-e89b-12d3-a456-426614174000","received_at":"2026-11-22T08:00:01.234Z"}'))).toEqual({
+      id: "123e4567-e89b-12d3-a456-426614174000",
+      receivedAt: at,
+    });
+    expect(storedId(Buffer.from("{nope"))).toBeNull();
+  });
+});
+
+describe("expiry ticks", () => {
+  test("an id is remembered for the window to within 10 ms, and a process can run for years", async () => {
+    const dedup = new DedupIndex(1000, 100);
+    const id = "123e4567-e89b-12d3-a456-426614174000";
+    let now = Date.now();
+    const c = await dedup.claim([id], now);
+    dedup.commit([id], c, now);
+    const peek = async (ids: string[], at: number) => {
+      const claim = await dedup.claim(ids, at);
+      dedup.release(ids, claim);
+      return claim.owned;
+    };
+    expect(await peek([id], now + 990)).toEqual([false]);
+    expect(await peek([id], now + 1011)).toEqual([true]);
+    // 600 days later (past 2^32 ticks of 10 ms): expiries are rebased, old ones stay gone.
+    for (const days of [300, 600, 1200]) {
+      now += days * 86_400_000;
+      const fresh = crypto.randomUUID();
+      const claim = await dedup.claim([fresh, id], now);
+      expect(claim.owned).toEqual([true, true]);
+      dedup.commit([fresh, id], claim, now);
+      expect(await peek([fresh, id], now + 500)).toEqual([false, false]);
+      expect(await peek([fresh], now + 1011)).toEqual([true]);
+    }
   });
 });
