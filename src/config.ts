@@ -32,7 +32,7 @@ export const VARIABLES = {
   PAYFLUX_SEGMENT_BYTES: { default: "64MiB", help: "event-log segment size; a new segment starts past it" },
   PAYFLUX_RETENTION: { default: "7d", help: "closed segments older than this (and already forwarded) are deleted" },
   PAYFLUX_STORAGE_MAX_BYTES: { default: "10GiB", help: "hard cap of the event log on disk; past it ingest answers 503 storage_full" },
-  PAYFLUX_DEDUP_MAX_IDS: { default: "1000000", help: "most event ids remembered for duplicate detection; the oldest go first" },
+  PAYFLUX_DEDUP_MAX_IDS: { default: "10000000", help: "most event ids remembered for duplicate detection; the oldest go first" },
   PAYFLUX_FORWARD_REDIS_URL: { default: "", help: "redis:// or rediss:// URL: forward every event to a Redis stream (empty: off)" },
   PAYFLUX_FORWARD_STREAM: { default: "events_stream", help: "Redis stream the events are added to (XADD)" },
   PAYFLUX_FORWARD_MAXLEN: { default: "200000", help: "approximate length the stream is trimmed to (XADD MAXLEN ~)" },

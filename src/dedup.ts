@@ -1,4 +1,5 @@
-import type { EventLog } from "./event-log.ts";
+import type { EventLog, LogPosition } from "./event-log.ts";
+import { storedId } from "./record.ts";
 
 /**
  * Remembers event ids for the dedup window. An id counts as seen only once
@@ -16,9 +17,11 @@ export interface Claim {
 }
 
 export class DedupIndex {
-  /** id -> expiry (ms since epoch); insertion order is expiry order, so pruning reads from the front. */
-  private readonly seen = new Map<string, number>();
+  private readonly table = new IdTable();
   private readonly inflight = new Map<string, Promise<void>>();
+  private readonly words = new Uint32Array(4);
+  /** Expiries are held as 10 ms ticks after this time (ms), so 32 bits last 497 days; see tick(). */
+  private base = Math.floor((Date.now() - 86_400_000) / TICK_MS) * TICK_MS;
 
   /**
    * @param maxIds memory bound: past it the oldest ids are forgotten early
@@ -36,18 +39,41 @@ export class DedupIndex {
     this.prune(Date.now());
   }
 
-  /** Start-up: remembers ids found in the event log, oldest first. */
+  /** Start-up: remembers ids found in the event log, oldest first (ids that are not UUIDs are skipped). */
   restore(entries: Iterable<readonly [id: string, expiry: number]>): void {
+    if (Array.isArray(entries)) this.table.reserve(Math.min(this.maxIds, entries.length));
     for (const [id, expiry] of entries) {
-      this.seen.delete(id);
-      this.seen.set(id, expiry);
+      if (!UUID.test(id) || !parseUuid(id, this.words)) continue;
+      this.makeRoom(0);
+      this.table.add(this.words, this.tick(expiry));
     }
     this.prune(Date.now());
   }
 
+  /** An expiry (ms since the epoch) as ticks, rounded up; rebases every expiry held when the 32 bits run out. */
+  private tick(ms: number): number {
+    const t = Math.max(0, Math.ceil((ms - this.base) / TICK_MS));
+    if (t <= 0xffffffff) return t;
+    // Windows are at most 30 days, so every expiry still live lies after the new base.
+    const shift = Math.floor((ms - 40 * 86_400_000 - this.base) / TICK_MS);
+    this.table.rebase(shift);
+    this.base += shift * TICK_MS;
+    return t - shift;
+  }
+
+  /** The ticks that have passed at `now`: an expiry at or below it is over. */
+  private ticksAt(now: number): number {
+    return Math.floor((now - this.base) / TICK_MS);
+  }
+
   private isSeen(id: string, now: number): boolean {
-    const expiry = this.seen.get(id);
-    return expiry !== undefined && expiry > now;
+    const expiry = this.table.expiryOf(this.wordsOf(id));
+    return expiry >= 0 && expiry > this.ticksAt(now);
+  }
+
+  private wordsOf(id: string): Uint32Array {
+    if (!parseUuid(id, this.words)) throw new TypeError("dedup ids are validated UUIDs");
+    return this.words;
   }
 
   /**
@@ -93,12 +119,12 @@ export class DedupIndex {
 
   /** The owned ids are durable: remember them for the window and wake waiters. */
   commit(ids: string[], claim: Claim, now = Date.now()): void {
-    const expiry = now + this.windowMs;
-    ids.forEach((id, i) => {
-      if (!claim.owned[i]) return;
-      this.seen.delete(id); // re-insert at the back to keep expiry order
-      this.seen.set(id, expiry);
-    });
+    const expiry = this.tick(now + this.windowMs);
+    for (let i = 0; i < ids.length; i++) {
+      if (!claim.owned[i]) continue;
+      this.makeRoom(now);
+      this.table.add(this.wordsOf(ids[i]!), expiry);
+    }
     this.prune(now);
     this.settle(ids, claim);
   }
@@ -115,54 +141,262 @@ export class DedupIndex {
     claim.wake();
   }
 
+  /** At the cap, forgets the oldest id before another is added. */
+  private makeRoom(now: number): void {
+    let evicted = 0;
+    while (this.table.entries >= this.maxIds) if (this.table.shift(this.ticksAt(now))) evicted++;
+    if (evicted > 0) this.onEvictedEarly(evicted);
+  }
+
   /**
    * Drops expired ids from the front (bounded work per call keeps the request
    * path flat), then the oldest ids past the cap.
    */
   private prune(now: number): void {
     let budget = 1000;
-    for (const [id, expiry] of this.seen) {
-      if (expiry > now || budget-- === 0) break;
-      this.seen.delete(id);
-    }
+    const passed = this.ticksAt(now);
+    while (budget-- > 0 && this.table.entries > 0 && this.table.oldestExpiry() <= passed) this.table.shift(passed);
     let evicted = 0;
-    for (const id of this.seen.keys()) {
-      if (this.seen.size <= this.maxIds) break;
-      this.seen.delete(id);
-      evicted++;
-    }
+    while (this.table.entries > this.maxIds) if (this.table.shift(passed)) evicted++;
     if (evicted > 0) this.onEvictedEarly(evicted);
   }
 
   get size(): number {
-    return this.seen.size;
+    return this.table.size;
+  }
+
+  /** The ids held, oldest first, 5 words each (4 id words, expiry tick after `base` ms): the shutdown snapshot. */
+  exportIds(): { words: Uint32Array; base: number } {
+    return { words: this.table.export(), base: this.base };
+  }
+
+  /** Start-up from a snapshot: `shiftMs` moves every expiry (the window changed since it was written). */
+  importIds(words: Uint32Array, base: number, shiftMs = 0, now = Date.now()): void {
+    const n = words.length / 5;
+    this.table.reserve(Math.min(this.maxIds, n));
+    const w = this.words;
+    for (let i = 0; i < n; i++) {
+      const expiryMs = base + words[i * 5 + 4]! * TICK_MS + shiftMs;
+      if (expiryMs <= now) continue;
+      w.set(words.subarray(i * 5, i * 5 + 4));
+      this.makeRoom(now);
+      this.table.add(w, this.tick(expiryMs));
+    }
+    this.prune(now);
+  }
+
+  /** Bytes held by the index's arrays (for the bench's bytes-per-id figure). */
+  get bytes(): number {
+    return this.table.bytes;
+  }
+}
+
+/** Resolution of the expiries the index keeps. */
+const TICK_MS = 10;
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** A validated UUID's 128 bits as four 32-bit words; false for anything that is not 36 characters of UUID shape. */
+export function parseUuid(id: string, out: Uint32Array): boolean {
+  if (id.length !== 36) return false;
+  const a = parseInt(id.slice(0, 8), 16);
+  const b = parseInt(id.slice(9, 13) + id.slice(14, 18), 16);
+  const c = parseInt(id.slice(19, 23) + id.slice(24, 28), 16);
+  const d = parseInt(id.slice(28, 36), 16);
+  if (a !== a || b !== b || c !== c || d !== d) return false;
+  out[0] = a;
+  out[1] = b;
+  out[2] = c;
+  out[3] = d;
+  return true;
+}
+
+/** Entries per slot of the hash table at most; the table and the ring grow together past it. */
+const MAX_LOAD = 0.8;
+const GROWTH = 1.25;
+const MIN_CAPACITY = 1024;
+
+/**
+ * An exact set of 128-bit ids with an expiry each, in insertion order: a ring
+ * of entries (4 id words + expiry in seconds, 20 bytes) in arrival order, and
+ * an open-addressing hash table (linear probing, 4 bytes a slot) pointing
+ * into it. Both grow by 1.25x, so memory follows the ids held (~25-31 bytes
+ * each), not the configured cap. No false positives: ids compare in full.
+ */
+class IdTable {
+  private ids = new Uint32Array(0);
+  private expiries = new Uint32Array(0);
+  private capacity = 0;
+  private head = 0;
+  /** Ring entries, including ones superseded by a later add of the same id. */
+  entries = 0;
+  /** Ring slot + 1 of each id, 0 for an empty table slot. */
+  private slots = new Int32Array(0);
+  /** Distinct ids held. */
+  size = 0;
+
+  get bytes(): number {
+    return this.ids.byteLength + this.expiries.byteLength + this.slots.byteLength;
+  }
+
+  /** Live ids in ring order, 5 words each (id words, expiry). */
+  export(): Uint32Array {
+    const out = new Uint32Array(this.size * 5);
+    const live = this.liveFlags();
+    let n = 0;
+    for (let k = 0, at = this.head; k < this.entries; k++, at = at + 1 === this.capacity ? 0 : at + 1) {
+      if (live[k] !== 1) continue;
+      out.set(this.ids.subarray(at * 4, at * 4 + 4), n * 5);
+      out[n * 5 + 4] = this.expiries[at]!;
+      n++;
+    }
+    return out;
+  }
+
+  /** 1 for each ring entry (counted from the head) that the table points to, 0 for superseded ones. */
+  private liveFlags(): Uint8Array {
+    const live = new Uint8Array(this.entries);
+    for (let i = 0; i < this.slots.length; i++) {
+      const v = this.slots[i]!;
+      if (v !== 0) live[(v - 1 - this.head + this.capacity) % this.capacity] = 1;
+    }
+    return live;
+  }
+
+  /** Makes room for `n` entries at once (start-up restore). */
+  reserve(n: number): void {
+    if (n > this.capacity) this.resize(n);
+  }
+
+  /** Expiry (seconds) of an id, or -1 when it is not held. */
+  expiryOf(w: Uint32Array): number {
+    if (this.size === 0) return -1;
+    const slot = this.find(w[0]!, w[1]!, w[2]!, w[3]!);
+    return slot < 0 ? -1 : this.expiries[this.slots[slot]! - 1]!;
+  }
+
+  oldestExpiry(): number {
+    return this.expiries[this.head]!;
+  }
+
+  /** Appends an id (or renews one held) at the back of the ring. */
+  add(w: Uint32Array, expiry: number): void {
+    if (this.entries === this.capacity) this.resize(Math.max(MIN_CAPACITY, Math.ceil(this.capacity * GROWTH)));
+    let at = this.head + this.entries;
+    if (at >= this.capacity) at -= this.capacity;
+    this.ids.set(w, at * 4);
+    this.expiries[at] = expiry;
+    this.entries++;
+    const slot = this.find(w[0]!, w[1]!, w[2]!, w[3]!);
+    if (slot >= 0) {
+      this.slots[slot] = at + 1; // the older entry stays in the ring, superseded
+      return;
+    }
+    this.insert(at);
+    this.size++;
+  }
+
+  /** Subtracts `by` from every expiry (floored at 0): the owner's time base moved. */
+  rebase(by: number): void {
+    for (let i = 0; i < this.capacity; i++) this.expiries[i] = Math.max(0, this.expiries[i]! - by);
+  }
+
+  /** Drops the oldest ring entry; true when it was a live id whose expiry is past `passed`. */
+  shift(passed: number): boolean {
+    const at = this.head;
+    this.head = at + 1 === this.capacity ? 0 : at + 1;
+    this.entries--;
+    const o = at * 4;
+    const slot = this.find(this.ids[o]!, this.ids[o + 1]!, this.ids[o + 2]!, this.ids[o + 3]!);
+    if (slot < 0 || this.slots[slot] !== at + 1) return false; // superseded
+    this.remove(slot);
+    this.size--;
+    return this.expiries[at]! > passed;
+  }
+
+  private home(a: number, b: number, c: number, d: number): number {
+    let h = Math.imul(a ^ Math.imul(b, 0x85ebca6b) ^ Math.imul(c, 0xc2b2ae35) ^ Math.imul(d, 0x27d4eb2f), 0x9e3779b1);
+    h ^= h >>> 15;
+    return Math.floor(((h >>> 0) / 4294967296) * this.slots.length);
+  }
+
+  private find(a: number, b: number, c: number, d: number): number {
+    const n = this.slots.length;
+    if (n === 0) return -1;
+    const ids = this.ids;
+    for (let i = this.home(a, b, c, d); ; i = i + 1 === n ? 0 : i + 1) {
+      const v = this.slots[i]!;
+      if (v === 0) return -1;
+      const o = (v - 1) * 4;
+      if (ids[o] === a && ids[o + 1] === b && ids[o + 2] === c && ids[o + 3] === d) return i;
+    }
+  }
+
+  private insert(at: number): void {
+    const n = this.slots.length;
+    const o = at * 4;
+    let i = this.home(this.ids[o]!, this.ids[o + 1]!, this.ids[o + 2]!, this.ids[o + 3]!);
+    while (this.slots[i] !== 0) i = i + 1 === n ? 0 : i + 1;
+    this.slots[i] = at + 1;
+  }
+
+  /** Backward-shift deletion: no tombstones, so lookups stay short however long the process runs. */
+  private remove(slot: number): void {
+    const n = this.slots.length;
+    let hole = slot;
+    for (let j = hole + 1 === n ? 0 : hole + 1; this.slots[j] !== 0; j = j + 1 === n ? 0 : j + 1) {
+      const o = (this.slots[j]! - 1) * 4;
+      const k = this.home(this.ids[o]!, this.ids[o + 1]!, this.ids[o + 2]!, this.ids[o + 3]!);
+      // The entry at j may move into the hole unless its home lies cyclically in (hole, j].
+      const stays = hole <= j ? hole < k && k <= j : hole < k || k <= j;
+      if (stays) continue;
+      this.slots[hole] = this.slots[j]!;
+      hole = j;
+    }
+    this.slots[hole] = 0;
+  }
+
+  /** Copies the ring in order into new arrays and rebuilds the table (amortised O(1) per add). */
+  private resize(capacity: number): void {
+    const ids = new Uint32Array(capacity * 4);
+    const expiries = new Uint32Array(capacity);
+    for (let k = 0, at = this.head; k < this.entries; k++, at = at + 1 === this.capacity ? 0 : at + 1) {
+      ids.set(this.ids.subarray(at * 4, at * 4 + 4), k * 4);
+      expiries[k] = this.expiries[at]!;
+    }
+    const live = this.liveFlags();
+    this.ids = ids;
+    this.expiries = expiries;
+    this.capacity = capacity;
+    this.head = 0;
+    this.slots = new Int32Array(Math.ceil(capacity / MAX_LOAD));
+    for (let k = 0; k < this.entries; k++) if (live[k] === 1) this.insert(k);
   }
 }
 
 /**
- * Rebuilds the duplicate window from the event log at start-up, so that a
- * restart does not let a retry through: reads segments newest first, stops
- * at the window's start or after `maxIds` ids, and returns the ids oldest first.
+ * Rebuilds the duplicate window from the event log at start-up (no snapshot,
+ * e.g. after a crash), so that a restart does not let a retry through. Reads
+ * forward from the first segment written within the window, in 1 MiB chunks,
+ * yielding ids oldest first: memory stays flat however large the window.
  */
-export function idsFromLog(log: EventLog, windowMs: number, maxIds: number, now = Date.now()): [string, number][] {
+export function* idsFromLog(log: EventLog, windowMs: number, now = Date.now()): Generator<[string, number]> {
   const since = now - windowMs;
-  const found: [string, number][] = [];
-  for (const seq of log.segments().reverse()) {
-    const mtime = log.segmentMtime(seq);
-    if (mtime !== null && mtime < since) break; // every record in it is older
-    const records = log.segmentRecords(seq);
-    for (let i = records.length - 1; i >= 0; i--) {
-      let e: { event_id?: unknown; received_at?: unknown };
-      try {
-        e = JSON.parse(records[i]!.toString("utf8"));
-      } catch {
-        continue;
-      }
-      const at = typeof e.received_at === "string" ? Date.parse(e.received_at) : NaN;
-      if (typeof e.event_id !== "string" || !(at >= since)) continue;
-      found.push([e.event_id.toLowerCase(), at + windowMs]);
-      if (found.length >= maxIds) return found.reverse();
+  // A segment last written before the window holds only older records.
+  const first = log.segments().find((seq) => (log.segmentMtime(seq) ?? Infinity) >= since);
+  if (first !== undefined) yield* idsSince(log, { segment: first, offset: 0 }, windowMs, now);
+}
+
+/** Ids of the records from `from` to the log's durable end (after a snapshot, or the window's start), oldest first. */
+export function* idsSince(log: EventLog, from: LogPosition, windowMs: number, now = Date.now()): Generator<[string, number]> {
+  const since = now - windowMs;
+  let at = from;
+  for (;;) {
+    const { records, next } = log.read(at, 1 << 20);
+    if (records.length === 0) return;
+    for (const r of records) {
+      const stored = storedId(r);
+      if (stored !== null && stored.receivedAt >= since) yield [stored.id, stored.receivedAt + windowMs];
     }
+    at = next;
   }
-  return found.reverse();
 }

@@ -64,6 +64,8 @@ export interface LogHooks {
   onFlush?: (seconds: number) => void;
   /** Records that became durable. */
   onDurable?: (records: number) => void;
+  /** The group commit's sync (node:fs fdatasync); tests pass a spy to prove no append resolves before its sync returned. */
+  fdatasync?: (fd: number, callback: (err: NodeJS.ErrnoException | null) => void) => void;
 }
 
 interface Pending {
@@ -293,7 +295,7 @@ export class EventLog {
     }
     this.syncing = true;
     this.syncingBytes = bytes;
-    fdatasync(fd, (err) => {
+    (this.hooks.fdatasync ?? fdatasync)(fd, (err) => {
       this.syncing = false;
       this.syncingBytes = 0;
       if (err) this.settle(group, err);
@@ -470,14 +472,6 @@ export class EventLog {
         closeSync(fd);
       }
     }
-  }
-
-  /** Every valid record of one segment (start-up: rebuilding the duplicate window). */
-  segmentRecords(seq: number): Buffer[] {
-    const path = join(this.dir, segmentName(seq));
-    const end = seq === this.seq ? this.durableSize : Infinity;
-    const buf = readWhole(path);
-    return scanLines(end < buf.length ? buf.subarray(0, end) : buf).records;
   }
 
   /** Modification time of a segment (ms), or null if it is gone. */

@@ -1,7 +1,8 @@
 import { createFetchHandler, originalRequest } from "./app.ts";
 import { loadConfig, redactUrl } from "./config.ts";
 import { DataDirInUseError, lockDataDir } from "./data-dir-lock.ts";
-import { DedupIndex, idsFromLog } from "./dedup.ts";
+import { DedupIndex, idsFromLog, idsSince } from "./dedup.ts";
+import { takeSnapshot, writeSnapshot } from "./dedup-snapshot.ts";
 import { EventLog } from "./event-log.ts";
 import { Forwarder } from "./forwarder.ts";
 import type { Gateway } from "./gateway.ts";
@@ -73,8 +74,15 @@ export async function serve(configFile: string | undefined): Promise<void> {
   }
 
   const dedup = new DedupIndex(config.dedupWindowMs, config.dedupMaxIds, (n) => metrics.dedupEvicted.inc(n));
-  const restored = idsFromLog(log, config.dedupWindowMs, config.dedupMaxIds);
-  dedup.restore(restored);
+  // A clean shutdown left the window in a snapshot: load it and read only the records written after it.
+  const snapshot = takeSnapshot(config.dataDir);
+  if (snapshot !== null) {
+    dedup.importIds(snapshot.ids, snapshot.base, config.dedupWindowMs - snapshot.windowSec * 1000);
+    dedup.restore(idsSince(log, snapshot.position, config.dedupWindowMs));
+  } else {
+    dedup.restore(idsFromLog(log, config.dedupWindowMs));
+  }
+  const restored = { length: dedup.size, from: snapshot !== null ? "snapshot" : "log" };
   if (config.forwardRedisUrl !== null) {
     try {
       forwarder = Forwarder.open({
@@ -127,6 +135,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
       data_dir: config.dataDir,
       segment: log.segmentPath,
       dedup_ids_restored: restored.length,
+      dedup_restored_from: restored.from,
       ...(config.forwardRedisUrl !== null ? { forward: { stream: config.forwardStream, url: redactUrl(config.forwardRedisUrl) } } : {}),
     },
     "payflux listening",
@@ -164,6 +173,13 @@ export async function serve(configFile: string | undefined): Promise<void> {
     ]);
     clearInterval(retention);
     log.close();
+    if (drained) {
+      try {
+        writeSnapshot(config.dataDir, dedup.exportIds(), gw.config.dedupWindowMs, log.durableEnd());
+      } catch (err) {
+        logger.warn({ err: (err as Error).message }, "could not save the duplicate window; the next start reads it from the event log");
+      }
+    }
     // After the last flush: the batch in flight finishes (its checkpoint saved) or is abandoned.
     await forwarder?.stop(FORWARDER_STOP_MS);
     dataDirLock.release();

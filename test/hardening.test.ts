@@ -64,13 +64,14 @@ describe("retention survives an unreadable data directory", () => {
 describe("duplicate claims cannot deadlock", () => {
   test("a request waiting for one of its ids holds none of them", async () => {
     const dedup = new DedupIndex(60_000, 1000);
-    const c = await dedup.claim(["y"]); // C is writing y
-    const a = dedup.claim(["x", "y"]); // A waits for y, and must not hold x meanwhile
+    const [x, y] = [crypto.randomUUID(), crypto.randomUUID()];
+    const c = await dedup.claim([y]); // C is writing y
+    const a = dedup.claim([x, y]); // A waits for y, and must not hold x meanwhile
     await Bun.sleep(5);
-    dedup.release(["y"], c); // C's write failed
-    const e = await dedup.claim(["y", "x"]); // E, in the same tick, takes both
+    dedup.release([y], c); // C's write failed
+    const e = await dedup.claim([y, x]); // E, in the same tick, takes both
     expect(e.owned).toEqual([true, true]);
-    dedup.commit(["y", "x"], e);
+    dedup.commit([y, x], e);
     const claimA = await Promise.race([a, Bun.sleep(2000).then(() => "deadlock" as const)]);
     expect(claimA).not.toBe("deadlock");
     expect(claimA).toMatchObject({ owned: [false, false], duplicates: 2 });

@@ -12,6 +12,8 @@ declare -A NEEDED=(
   [redis-server]=redis-server
   [nginx]=nginx
   [haproxy]=haproxy
+  [wrk]=wrk
+  [strace]=strace
 )
 
 missing=()

@@ -82,6 +82,8 @@ export interface StartOptions {
   dataDir?: string;
   /** Wait for the "payflux listening" line (default true). */
   waitReady?: boolean;
+  /** A command the service runs under, e.g. ["strace", "-f", "-o", file]. */
+  wrap?: string[];
 }
 
 export interface Server {
@@ -132,7 +134,7 @@ export async function startServer(opts: StartOptions = {}): Promise<Server> {
   });
   const target = opts.target ?? (opts.binary ? "bun-binary" : "bun");
   if (target.endsWith("-binary")) await ensureBinary(target as "bun-binary" | "deno-binary");
-  const proc = Bun.spawn([...command(target, dataDir), ...(opts.args ?? [])], { env, stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+  const proc = Bun.spawn([...(opts.wrap ?? []), ...command(target, dataDir), ...(opts.args ?? [])], { env, stdout: "pipe", stderr: "pipe", stdin: "ignore" });
   const stdout: string[] = [];
   let stderrText = "";
   const waiters = new Set<() => void>();

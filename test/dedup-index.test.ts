@@ -1,0 +1,152 @@
+/**
+ * The dedup index against a plain Map model: random claims, commits and
+ * releases with an injected clock, across expiry, the id cap, growth of the
+ * typed arrays and ids that share hash slots. Exactness matters both ways: a
+ * false "seen" drops an event, a false "unseen" stores a duplicate.
+ */
+import { describe, expect, test } from "bun:test";
+import { DedupIndex, parseUuid } from "../src/dedup.ts";
+import { storedId } from "../src/record.ts";
+
+/** Deterministic PRNG (mulberry32), so a failure can be replayed. */
+function rng(seed: number) {
+  return () => {
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+const hex = (r: () => number, n: number) => Array.from({ length: n }, () => "0123456789abcdef"[Math.floor(r() * 16)]).join("");
+const uuid = (r: () => number) => `${hex(r, 8)}-${hex(r, 4)}-4${hex(r, 3)}-a${hex(r, 3)}-${hex(r, 12)}`;
+
+describe("DedupIndex matches a Map model", () => {
+  for (const [seed, maxIds, windowMs] of [[1, 50, 5_000], [2, 3000, 60_000], [3, 100_000, 3_600_000]] as const) {
+    test(`seed ${seed}: cap ${maxIds}, window ${windowMs} ms`, async () => {
+      const r = rng(seed);
+      let evicted = 0;
+      const dedup = new DedupIndex(windowMs, maxIds, (n) => (evicted += n));
+      const model = new Map<string, number>(); // id -> expiry ms, insertion order = age
+      let modelEvicted = 0;
+      const pool: string[] = [];
+      let now = 1_800_000_000_000;
+      for (let step = 0; step < 20_000; step++) {
+        now += 10 * Math.floor(r() * (windowMs / 2000)); // whole ticks: expiries are kept to 10 ms
+        // Ids: new ones, and repeats of earlier ones (some expired, some evicted).
+        const ids = Array.from({ length: 1 + Math.floor(r() * 4) }, () => {
+          if (pool.length > 0 && r() < 0.4) return pool[Math.floor(r() * pool.length)]!;
+          const id = uuid(r);
+          pool.push(id);
+          if (pool.length > maxIds * 3) pool.splice(0, maxIds);
+          return id;
+        });
+        const claim = await dedup.claim(ids, now);
+        // The model's answer: owned = first occurrence of an id not seen (or expired).
+        const seenInRequest = new Set<string>();
+        const expected = ids.map((id) => {
+          const dup = seenInRequest.has(id) || (model.get(id) ?? 0) > now;
+          seenInRequest.add(id);
+          return !dup;
+        });
+        expect(claim.owned).toEqual(expected);
+        if (r() < 0.1) {
+          dedup.release(ids, claim);
+          continue;
+        }
+        dedup.commit(ids, claim, now);
+        ids.forEach((id, i) => {
+          if (!claim.owned[i]) return;
+          model.delete(id);
+          model.set(id, now + windowMs);
+        });
+        for (const [id, exp] of model) {
+          if (model.size <= maxIds && exp > now) break;
+          model.delete(id);
+          if (exp > now) modelEvicted++;
+        }
+      }
+      // Every id the model holds is held, nothing else is (sizes agree once expired ones are gone).
+      const check = await dedup.claim([...model.keys()].filter((id) => model.get(id)! > now), now);
+      expect(check.owned.every((o) => !o)).toBe(true);
+      expect(evicted).toBe(modelEvicted);
+    }, 60_000);
+  }
+
+  test("an id is exact: ids that differ in one bit are different", async () => {
+    const dedup = new DedupIndex(60_000, 10);
+    const a = "123e4567-e89b-12d3-a456-426614174000";
+    const b = "123e4567-e89b-12d3-a456-426614174001";
+    const c = await dedup.claim([a], 0);
+    dedup.commit([a], c, 0);
+    expect((await dedup.claim([b], 1)).owned).toEqual([true]);
+    expect((await dedup.claim([a], 1)).owned).toEqual([false]);
+  });
+
+  test("memory follows the ids held, not the cap", async () => {
+    const dedup = new DedupIndex(86_400_000, 10_000_000);
+    const r = rng(9);
+    const ids = Array.from({ length: 200_000 }, () => uuid(r));
+    dedup.restore(ids.map((id) => [id, 1_900_000_000_000] as const));
+    expect(dedup.size).toBe(200_000);
+    expect(dedup.bytes / dedup.size).toBeLessThanOrEqual(32);
+  });
+
+  test("only UUIDs are ids", () => {
+    const w = new Uint32Array(4);
+    expect(parseUuid("123e4567-e89b-12d3-a456-426614174000", w)).toBe(true);
+    expect([...w]).toEqual([0x123e4567, 0xe89b12d3, 0xa4564266, 0x14174000]);
+    expect(parseUuid("not-a-uuid", w)).toBe(false);
+  });
+});
+
+describe("reading an id back out of a stored record", () => {
+  const tail = ',"received_at":"2026-11-22T08:00:01.234Z","key_id":"0123456789ab"}';
+  const at = Date.parse("2026-11-22T08:00:01.234Z");
+  test("the top-level event_id and received_at, lowercased", () => {
+    const rec = Buffer.from(`{"event_type":"x","event_id":"123E4567-E89B-12D3-A456-426614174000","processor":"stripe"${tail}`);
+    expect(storedId(rec)).toEqual({ id: "123e4567-e89b-12d3-a456-426614174000", receivedAt: at });
+  });
+  test("a nested event_id never passes for the event's own, wherever it sits", () => {
+    for (const body of [
+      `{"meta":{"event_id":"00000000-0000-4000-8000-000000000000"},"event_id":"123e4567-e89b-12d3-a456-426614174000"`,
+      `{"event_id":"123e4567-e89b-12d3-a456-426614174000","meta":{"event_id":"00000000-0000-4000-8000-000000000000"}`,
+      `{"note":"he said \\"event_id\\":\\"00000000-0000-4000-8000-000000000000\\"","event_id":"123e4567-e89b-12d3-a456-426614174000"`,
+    ]) {
+      expect(storedId(Buffer.from(body + tail))).toEqual({ id: "123e4567-e89b-12d3-a456-426614174000", receivedAt: at });
+    }
+  });
+  test("a record without the service's tail is parsed; garbage is null", () => {
+    expect(storedId(Buffer.from('{"event_id":"123e4567-e89b-12d3-a456-426614174000","received_at":"2026-11-22T08:00:01.234Z"}'))).toEqual({
+      id: "123e4567-e89b-12d3-a456-426614174000",
+      receivedAt: at,
+    });
+    expect(storedId(Buffer.from("{nope"))).toBeNull();
+  });
+});
+
+describe("expiry ticks", () => {
+  test("an id is remembered for the window to within 10 ms, and a process can run for years", async () => {
+    const dedup = new DedupIndex(1000, 100);
+    const id = "123e4567-e89b-12d3-a456-426614174000";
+    let now = Date.now();
+    const c = await dedup.claim([id], now);
+    dedup.commit([id], c, now);
+    const peek = async (ids: string[], at: number) => {
+      const claim = await dedup.claim(ids, at);
+      dedup.release(ids, claim);
+      return claim.owned;
+    };
+    expect(await peek([id], now + 990)).toEqual([false]);
+    expect(await peek([id], now + 1011)).toEqual([true]);
+    // 600 days later (past 2^32 ticks of 10 ms): expiries are rebased, old ones stay gone.
+    for (const days of [300, 600, 1200]) {
+      now += days * 86_400_000;
+      const fresh = crypto.randomUUID();
+      const claim = await dedup.claim([fresh, id], now);
+      expect(claim.owned).toEqual([true, true]);
+      dedup.commit([fresh, id], claim, now);
+      expect(await peek([fresh, id], now + 500)).toEqual([false, false]);
+      expect(await peek([fresh], now + 1011)).toEqual([true]);
+    }
+  });
+});
