@@ -43,7 +43,7 @@ export class DedupIndex {
   restore(entries: Iterable<readonly [id: string, expiry: number]>): void {
     if (Array.isArray(entries)) this.table.reserve(Math.min(this.maxIds, entries.length));
     for (const [id, expiry] of entries) {
-      if (!UUID.test(id) || !parseUuid(id, this.words)) continue;
+      if (!parseUuid(id, this.words)) continue;
       this.makeRoom(0);
       this.table.add(this.words, this.tick(expiry));
     }
@@ -193,20 +193,30 @@ export class DedupIndex {
 
 /** Resolution of the expiries the index keeps. */
 const TICK_MS = 10;
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
-/** A validated UUID's 128 bits as four 32-bit words; false for anything that is not 36 characters of UUID shape. */
+/** Hex digit values by character code, -1 for anything else. */
+const HEX = new Int8Array(128).fill(-1);
+for (let i = 0; i < 16; i++) HEX["0123456789abcdef".charCodeAt(i)] = HEX["0123456789ABCDEF".charCodeAt(i)] = i;
+
+/** A UUID's 128 bits as four 32-bit words; false for anything that is not 8-4-4-4-12 hex digits. One pass, no allocation. */
 export function parseUuid(id: string, out: Uint32Array): boolean {
   if (id.length !== 36) return false;
-  const a = parseInt(id.slice(0, 8), 16);
-  const b = parseInt(id.slice(9, 13) + id.slice(14, 18), 16);
-  const c = parseInt(id.slice(19, 23) + id.slice(24, 28), 16);
-  const d = parseInt(id.slice(28, 36), 16);
-  if (a !== a || b !== b || c !== c || d !== d) return false;
-  out[0] = a;
-  out[1] = b;
-  out[2] = c;
-  out[3] = d;
+  let word = 0;
+  let digits = 0;
+  for (let i = 0; i < 36; i++) {
+    const c = id.charCodeAt(i);
+    if (i === 8 || i === 13 || i === 18 || i === 23) {
+      if (c !== 45 /* - */) return false;
+      continue;
+    }
+    const v = c < 128 ? HEX[c]! : -1;
+    if (v < 0) return false;
+    word = (word << 4) | v;
+    if ((++digits & 7) === 0) {
+      out[(digits >> 3) - 1] = word;
+      word = 0;
+    }
+  }
   return true;
 }
 

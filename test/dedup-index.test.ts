@@ -150,3 +150,12 @@ describe("expiry ticks", () => {
     }
   });
 });
+
+test("parseUuid takes exactly the UUID shape", () => {
+  const w = new Uint32Array(4);
+  for (const bad of ["123e4567-e89b-12d3-a456-42661417400g", "123e4567e89b-12d3-a456-4266141740000", "123e4567-e89b-12d3-a456-42661417400", "123e4567-e89b-12d3-a456-4266141740é0", "+23e4567-e89b-12d3-a456-426614174000"]) {
+    expect(parseUuid(bad, w)).toBe(false);
+  }
+  expect(parseUuid("FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF", w)).toBe(true);
+  expect([...w]).toEqual([0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff]);
+});
