@@ -356,12 +356,17 @@ export class EventLog {
     }
   }
 
+  /** For /health: false after a failed write until a write or a background probe (`recheck`) succeeds. */
+  get writable(): boolean {
+    return this.lastFailure === null;
+  }
+
   /**
-   * For /health: true when the log can be written. After a failure it checks
-   * the disk again (at most once a second) by writing and syncing a probe file,
-   * so an idle instance recovers without waiting for traffic.
+   * After a failure, checks the disk again (at most once a second) by writing
+   * and syncing a probe file, so an idle instance recovers without waiting for
+   * traffic. Runs on a timer, never on the request path.
    */
-  probe(now = Date.now()): boolean {
+  recheck(now = Date.now()): boolean {
     if (this.lastFailure === null) return true;
     if (now - this.lastProbeAt < PROBE_INTERVAL_MS) return false;
     this.lastProbeAt = now;

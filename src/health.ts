@@ -11,7 +11,7 @@ import { VERSION } from "./version.ts";
  * that every instance runs the same config.
  */
 export function handleHealth(gw: Gateway): Response {
-  const writable = gw.log.probe();
+  const writable = gw.log.writable;
   const forwarder = gw.forwarder?.status();
   const base = {
     version: VERSION,

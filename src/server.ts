@@ -149,6 +149,9 @@ export async function serve(configFile: string | undefined): Promise<void> {
     if (log.sweepFailure !== null) gw.throttle.error("retention", { err: log.sweepFailure.message, data_dir: config.dataDir }, "retention could not read the data directory; will retry");
   }, RETENTION_SWEEP_MS);
   retention.unref?.();
+  // /health reads the log's state; the disk is re-checked here, off the request path.
+  const recheck = setInterval(() => log.recheck(), 1000);
+  recheck.unref?.();
 
   // A burst of SIGHUPs coalesces into reloads of the file's latest content.
   let reloadQueued = false;
@@ -172,6 +175,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
       new Promise<boolean>((resolve) => setTimeout(() => resolve(false), timeoutMs).unref?.()),
     ]);
     clearInterval(retention);
+    clearInterval(recheck);
     log.close();
     if (drained) {
       try {
