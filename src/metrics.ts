@@ -32,11 +32,13 @@ export type Metrics = ReturnType<typeof createMetrics>;
 export interface MetricSources {
   storage: () => { bytes: number; segments: number };
   dedupIds: () => number;
+  /** keys_fingerprint of the config in force. */
+  keysFingerprint: () => string;
 }
 
 export function createMetrics() {
   const registry = new Registry();
-  const sources: MetricSources = { storage: () => ({ bytes: 0, segments: 0 }), dedupIds: () => 0 };
+  const sources: MetricSources = { storage: () => ({ bytes: 0, segments: 0 }), dedupIds: () => 0, keysFingerprint: () => "" };
   const m = {
     registry,
     sources,
@@ -173,6 +175,29 @@ export function createMetrics() {
     forwardUp: new Gauge({
       name: "payflux_forward_up",
       help: "1 when the last exchange with Redis succeeded, 0 when the forwarder cannot reach it",
+      registers: [registry],
+    }),
+    configInfo: new Gauge({
+      name: "payflux_config_info",
+      help: "Always 1; keys_fingerprint covers what every instance must agree on (keys, revocations, limits, validation, dedup)",
+      labelNames: ["keys_fingerprint"] as const,
+      registers: [registry],
+      collect() {
+        // One series: the value of the config in force (a reload replaces it).
+        this.reset();
+        this.set({ keys_fingerprint: sources.keysFingerprint() }, 1);
+      },
+    }),
+    consumerLag: new Gauge({
+      name: "payflux_consumer_lag_messages",
+      help: "Entries delivered to the consumer group and not acknowledged yet (XPENDING count), read by the forwarder; no sample while the group or stream does not exist",
+      labelNames: ["group"] as const,
+      registers: [registry],
+    }),
+    consumerGroupLag: new Gauge({
+      name: "payflux_consumer_group_lag_messages",
+      help: "Entries of the stream not delivered to the consumer group yet (XINFO GROUPS lag), where Redis reports it",
+      labelNames: ["group"] as const,
       registers: [registry],
     }),
     buildInfo: new Gauge({

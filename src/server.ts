@@ -1,5 +1,5 @@
 import { createFetchHandler, originalRequest } from "./app.ts";
-import { loadConfig, redactUrl } from "./config.ts";
+import { keysFingerprintOf, loadConfig, redactUrl } from "./config.ts";
 import { DataDirInUseError, lockDataDir } from "./data-dir-lock.ts";
 import { DedupIndex, idsFromLog } from "./dedup.ts";
 import { EventLog } from "./event-log.ts";
@@ -83,6 +83,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
         url: config.forwardRedisUrl,
         stream: config.forwardStream,
         maxlen: config.forwardMaxlen,
+        groups: config.forwardConsumerGroups === "" ? [] : config.forwardConsumerGroups.split(","),
         logger,
         metrics,
       });
@@ -107,6 +108,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
     startedAt: Date.now(),
     clientAddress: (request) => server?.clientAddress(originalRequest(request)) ?? null,
   };
+  metrics.sources.keysFingerprint = () => keysFingerprintOf(gw.config);
   applyConfig(gw, config);
 
   try {
@@ -124,6 +126,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
       keys: { active: config.keys.activeCount, revoked: config.keys.revokedCount },
       config_source: config.source,
       config_fingerprint: config.fingerprint,
+      keys_fingerprint: keysFingerprintOf(config),
       data_dir: config.dataDir,
       segment: log.segmentPath,
       dedup_ids_restored: restored.length,
