@@ -1,5 +1,6 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import { bearerToken, DENIAL_REASONS, secretMatches } from "./auth.ts";
+import { keysFingerprintOf, type Config } from "./config.ts";
 import { problem } from "./problem.ts";
 import { RUNTIME, VERSION } from "./version.ts";
 
@@ -32,13 +33,13 @@ export type Metrics = ReturnType<typeof createMetrics>;
 export interface MetricSources {
   storage: () => { bytes: number; segments: number };
   dedupIds: () => number;
-  /** keys_fingerprint of the config in force. */
-  keysFingerprint: () => string;
+  /** The config in force (its keys_fingerprint and storage cap). */
+  config: () => Config | null;
 }
 
 export function createMetrics() {
   const registry = new Registry();
-  const sources: MetricSources = { storage: () => ({ bytes: 0, segments: 0 }), dedupIds: () => 0, keysFingerprint: () => "" };
+  const sources: MetricSources = { storage: () => ({ bytes: 0, segments: 0 }), dedupIds: () => 0, config: () => null };
   const m = {
     registry,
     sources,
@@ -48,6 +49,15 @@ export function createMetrics() {
       registers: [registry],
       collect() {
         this.set(sources.storage().bytes);
+      },
+    }),
+    storageMaxBytes: new Gauge({
+      name: "payflux_storage_max_bytes",
+      help: "Cap of the event log on disk (PAYFLUX_STORAGE_MAX_BYTES); past it ingest answers 503 storage_full",
+      registers: [registry],
+      collect() {
+        const config = sources.config();
+        if (config !== null) this.set(config.storageMaxBytes);
       },
     }),
     storageSegments: new Gauge({
@@ -185,7 +195,8 @@ export function createMetrics() {
       collect() {
         // One series: the value of the config in force (a reload replaces it).
         this.reset();
-        this.set({ keys_fingerprint: sources.keysFingerprint() }, 1);
+        const config = sources.config();
+        if (config !== null) this.set({ keys_fingerprint: keysFingerprintOf(config) }, 1);
       },
     }),
     consumerLag: new Gauge({

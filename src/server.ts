@@ -108,7 +108,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
     startedAt: Date.now(),
     clientAddress: (request) => server?.clientAddress(originalRequest(request)) ?? null,
   };
-  metrics.sources.keysFingerprint = () => keysFingerprintOf(gw.config);
+  metrics.sources.config = () => gw.config;
   applyConfig(gw, config);
 
   try {
