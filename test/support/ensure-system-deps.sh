@@ -7,6 +7,7 @@ set -euo pipefail
 # command -> Debian package
 declare -A NEEDED=(
   [promtool]=prometheus
+  [prometheus]=prometheus
   [systemd-analyze]=systemd
   [redis-server]=redis-server
   [nginx]=nginx
