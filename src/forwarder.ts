@@ -84,6 +84,8 @@ export class Forwarder {
   private groupPoll: Promise<void> | null = null;
   /** Groups last seen missing (logged once per change, not per poll). */
   private readonly missingGroups = new Set<string>();
+  /** Last error Redis gave for XINFO GROUPS other than a missing stream (logged once per change). */
+  private groupError: string | null = null;
   private readonly secrets: string[];
   readonly redactedUrl: string;
 
@@ -195,6 +197,10 @@ export class Forwarder {
     }
     // Redis answered about the stream (no stream at all is "no such key"): groups not in it are missing.
     const answered = replies !== null && (infoErr === null || /no such key/i.test(infoErr.message));
+    // Any other refusal (e.g. an ACL without XINFO): said once; connection trouble is the forwarding loop's to report.
+    const refusal = replies !== null && !answered && infoErr !== null && !CONNECTION_ERRORS.some((e) => infoErr.message.includes(e)) ? this.scrub(infoErr.message) : null;
+    if (refusal !== null && refusal !== this.groupError) logger.warn({ stream, err: refusal }, "forwarder: cannot read the consumer groups; no payflux_consumer_lag_messages samples");
+    this.groupError = refusal;
     groups.forEach((group, i) => {
       const [err, summary] = replies?.[i + 1] ?? [null, null];
       const pending = err === null && Array.isArray(summary) && typeof summary[0] === "number" ? summary[0] : null;

@@ -67,8 +67,26 @@ test(`consumer lag per group from XPENDING and XINFO GROUPS; missing stream or g
   await Bun.sleep(11_000);
   const logs = server.logs();
   expect(logs.filter((l) => l.msg === NOT_FOUND).map((l) => l.group).sort()).toEqual(["audit", "payment_consumers", "payment_consumers"]);
-  expect(logs.filter((l) => l.level >= 40)).toEqual([]);
+  expect(logs.filter((l) => ["warn", "error", "fatal"].includes(l.level))).toEqual([]);
 }, 90_000);
+
+test(`Redis refusing XINFO (an ACL): no sample, one warning, forwarding unaffected (${TARGET})`, async () => {
+  const redis = await startRedis();
+  const admin = new Redis(redis.url);
+  clients.add(admin);
+  await admin.call("ACL", "SETUSER", "fwd", "on", ">fwd-password-0123456789", "~*", "+@all", "-xinfo");
+  const server = await startServer({ target: TARGET, env: { PAYFLUX_FORWARD_REDIS_URL: `redis://fwd:fwd-password-0123456789@127.0.0.1:${redis.port}` } });
+  const line = await server.waitForLog((l) => l.msg === "forwarder: cannot read the consumer groups; no payflux_consumer_lag_messages samples", 15_000);
+  expect(line.level).toBe("warn");
+  expect(line.err).toMatch(/NOPERM/);
+  expect(JSON.stringify(server.logs())).not.toContain("fwd-password-0123456789");
+  expect((await post(server, SINGLE, event())).status).toBe(202);
+  await until("event forwarded", async () => (await admin.xlen("events_stream")) === 1, 15_000);
+  // One more poll: the same refusal is not logged again.
+  await Bun.sleep(6000);
+  expect(server.logs().filter((l) => l.msg === line.msg).length).toBe(1);
+  expect(await metricsText(server)).not.toMatch(/^payflux_consumer(_group)?_lag_messages\{/m);
+}, 60_000);
 
 test("without forwarding there is no consumer-lag sample", async () => {
   const server = await startServer({ target: TARGET });
