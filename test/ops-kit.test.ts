@@ -204,6 +204,15 @@ describe("grafana/payflux-overview.json", () => {
     expect((await promtool(["check", "rules", file])).code).not.toBe(0);
   });
 
+  test("the runbook gives every panel's query (without the instance filter)", () => {
+    const missing = panels.flatMap((p) =>
+      p.targets!.map((t) => t.expr!.replace(/\{instance=~"\$instance"\}/g, "").replace(/,\s*instance=~"\$instance"|instance=~"\$instance",\s*/g, ""))
+        .filter((q) => !runbook.includes(`\`${q}\``))
+        .map((q) => `${p.title}: ${q}`),
+    );
+    expect(missing).toEqual([]);
+  });
+
   test("shows what the issue lists", () => {
     const metrics = new Set(panels.flatMap((p) => p.targets!.flatMap((t) => metricNames(t.expr!))));
     for (const m of [
