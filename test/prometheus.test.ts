@@ -47,6 +47,8 @@ let prom: Prometheus;
 let IA = "";
 let IB = "";
 let startedAt = 0;
+/** When Prometheus first had both targets. */
+let scrapedFrom = 0;
 const health: Record<string, { keys_fingerprint: string; config_fingerprint: string }> = {};
 
 /** Counts the traffic below implies (instance A unless named). */
@@ -113,6 +115,7 @@ describe(`a real Prometheus scraping the service (${TARGET})`, () => {
       const up = await prom.query('up{job="payflux"} == 1');
       return up.length === 2 && (await prom.query("payflux_build_info")).length === 2;
     }, 30_000);
+    scrapedFrom = Date.now();
   }, 90_000);
 
   test("traffic: good requests, duplicates, each denial reason, rate limiting, a reload and a failed reload", async () => {
@@ -149,6 +152,9 @@ describe(`a real Prometheus scraping the service (${TARGET})`, () => {
       health[s === a ? IA : IB] = h;
     }
 
+    // At least 12 s of samples: increase() extrapolates by up to one scrape interval past the
+    // last sample, so the counts below stay within a few percent of the exact traffic.
+    await Bun.sleep(Math.max(0, scrapedFrom + 12_000 - Date.now()));
     // Prometheus has scraped the final state and the rules have evaluated on it.
     const total = (q: string) => prom.query(q).then((r) => r[0]?.value);
     await until("Prometheus has the traffic", async () =>
@@ -166,7 +172,7 @@ describe(`a real Prometheus scraping the service (${TARGET})`, () => {
   // ------------------------------------------------------------ expectations
 
   const ALL_REJECT_REASONS = ["rate_limited", "malformed_json", "incomplete_body", "payload_too_large", "batch_too_large", "empty_batch", "unsupported_media_type", "validation_failed", "storage_unavailable", "storage_full"];
-  /** An increase() over a window that holds the whole series: the exact count, or a little more (Prometheus extrapolates to the window's end). */
+  /** An increase() over a window that holds the whole series: the exact count, or a little more (Prometheus extrapolates to the window's end, at most ~1 s of 12 s or more). */
   const approx = (what: string, value: number | undefined, exact: number) => {
     expect([what, value !== undefined && value >= exact * 0.999 && value <= exact * 1.25 + 1e-9, value]).toEqual([what, true, value]);
   };
