@@ -36,6 +36,7 @@ export const VARIABLES = {
   PAYFLUX_FORWARD_REDIS_URL: { default: "", help: "redis:// or rediss:// URL: forward every event to a Redis stream (empty: off)" },
   PAYFLUX_FORWARD_STREAM: { default: "events_stream", help: "Redis stream the events are added to (XADD)" },
   PAYFLUX_FORWARD_MAXLEN: { default: "200000", help: "approximate length the stream is trimmed to (XADD MAXLEN ~)" },
+  PAYFLUX_FORWARD_CONSUMER_GROUPS: { default: "payment_consumers", help: "consumer groups of the stream whose backlog is exported as payflux_consumer_lag_messages{group}, comma-separated" },
 } as const;
 
 export type VariableName = keyof typeof VARIABLES;
@@ -74,6 +75,8 @@ export interface Config {
   forwardRedisUrl: string | null;
   forwardStream: string;
   forwardMaxlen: number;
+  /** Consumer groups watched for payflux_consumer_lag_messages, normalised "a,b" (a string, so reload diffs compare it). */
+  forwardConsumerGroups: string;
   /** "environment" or the env file's path. */
   source: string;
   /** 12 hex characters that change whenever the effective config changes. */
@@ -104,6 +107,7 @@ export const SETTING_VARIABLE = {
   forwardRedisUrl: "PAYFLUX_FORWARD_REDIS_URL",
   forwardStream: "PAYFLUX_FORWARD_STREAM",
   forwardMaxlen: "PAYFLUX_FORWARD_MAXLEN",
+  forwardConsumerGroups: "PAYFLUX_FORWARD_CONSUMER_GROUPS",
 } as const satisfies Partial<Record<keyof Config, VariableName>>;
 
 export type LoadResult =
@@ -182,6 +186,7 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
   const forwardStream = get("PAYFLUX_FORWARD_STREAM");
   if (!/^[\x21-\x7e]{1,256}$/.test(forwardStream)) errors.push("PAYFLUX_FORWARD_STREAM must be 1 to 256 printable characters without spaces");
   const forwardMaxlen = integer("PAYFLUX_FORWARD_MAXLEN", get("PAYFLUX_FORWARD_MAXLEN"), { min: 1, max: 1_000_000_000 }, errors);
+  const forwardConsumerGroups = consumerGroups(get("PAYFLUX_FORWARD_CONSUMER_GROUPS"), errors);
 
   if (errors.length > 0) return { ok: false, errors, warnings };
 
@@ -189,7 +194,7 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
   const config: Config = {
     keys, ingestRps, ingestBurst, host, port, dataDir, logLevel, maxBodyBytes, maxBatch, dedupWindowMs,
     metricsEnabled, metricsTokenDigest, clientsFile: clientsFile === "" ? null : clientsFile, metricsPerClient, shutdownTimeoutMs, segmentBytes, retentionMs, storageMaxBytes, dedupMaxIds,
-    forwardRedisUrl: forwardUrl === "" ? null : forwardUrl, forwardStream, forwardMaxlen,
+    forwardRedisUrl: forwardUrl === "" ? null : forwardUrl, forwardStream, forwardMaxlen, forwardConsumerGroups,
     source: file ?? "environment", fingerprint: "", warnings,
   };
   config.fingerprint = fingerprintOf(config);
@@ -282,6 +287,38 @@ function loadKeys(get: (name: VariableName) => string, clientsFile: string, rps:
     warnings.push("every allowed key is also revoked: all ingest requests will be refused with revoked_key");
   }
   return keys;
+}
+
+/** What every instance of one fleet must agree on: keys, revocations, limits, validation and dedup settings. */
+const SHARED_SETTINGS = ["ingestRps", "ingestBurst", "maxBodyBytes", "maxBatch", "dedupWindowMs", "dedupMaxIds"] as const;
+const keysFingerprints = new WeakMap<Config, string>();
+
+/**
+ * 12 hex characters over what must agree across instances (not port, host,
+ * data dir or log level): instances on one host that picked up the same
+ * rotation show the same value. Computed once per config.
+ */
+export function keysFingerprintOf(c: Config): string {
+  let fp = keysFingerprints.get(c);
+  if (fp === undefined) {
+    // Named clients' limits and expiry must agree too; the clients file counts by content, not path.
+    const keys = c.keys.all().map((e) => [e.digest, e.client, e.revoked, e.notAfter, e.limits.rps, e.limits.burst]).sort((a, b) => (a[0]! < b[0]! ? -1 : 1));
+    const shared = { keys, ...Object.fromEntries(SHARED_SETTINGS.map((n) => [n, c[n]])) };
+    fp = createHash("sha256").update(JSON.stringify(shared)).digest("hex").slice(0, 12);
+    keysFingerprints.set(c, fp);
+  }
+  return fp;
+}
+
+/** At most this many groups (each is a label value of payflux_consumer_lag_messages). */
+export const MAX_CONSUMER_GROUPS = 20;
+
+function consumerGroups(raw: string, errors: string[]): string {
+  const groups = [...new Set(raw.split(",").map((g) => g.trim()).filter((g) => g !== ""))];
+  if (groups.length > MAX_CONSUMER_GROUPS || groups.some((g) => !/^[\x21-\x7e]{1,128}$/.test(g))) {
+    errors.push(`PAYFLUX_FORWARD_CONSUMER_GROUPS must be 1 to ${MAX_CONSUMER_GROUPS} comma-separated group names of printable characters without spaces`);
+  }
+  return groups.join(",");
 }
 
 /** Splits a comma-separated key list; problems name the variable and the entry's position, never the key. */

@@ -37,6 +37,8 @@ const BACKOFF_CAP_MS = 10_000;
 const RECONNECT_CAP_MS = 2000;
 const CONNECT_TIMEOUT_MS = 5000;
 const COMMAND_TIMEOUT_MS = 10_000;
+/** How often the consumer groups' backlog is read (one pipeline: XINFO GROUPS and one XPENDING per group). */
+const GROUP_POLL_MS = 5000;
 /** Messages of commands that ioredis failed because the connection is not there (no offline queue, no retry). */
 const CONNECTION_ERRORS = ["enableOfflineQueue", "maxRetriesPerRequest", "Connection is closed"];
 
@@ -46,6 +48,8 @@ export interface ForwarderOptions {
   url: string;
   stream: string;
   maxlen: number;
+  /** Consumer groups of the stream whose backlog is exported (payflux_consumer_lag_messages{group}). */
+  groups: string[];
   logger: Logger;
   metrics: Metrics;
 }
@@ -76,6 +80,12 @@ export class Forwarder {
   private woken = false;
   private wake: { resolve: () => void; onNotify: boolean } | null = null;
   private loop: Promise<void> | null = null;
+  private groupTimer: ReturnType<typeof setInterval> | null = null;
+  private groupPoll: Promise<void> | null = null;
+  /** Groups last seen missing (logged once per change, not per poll). */
+  private readonly missingGroups = new Set<string>();
+  /** Last error Redis gave for XINFO GROUPS other than a missing stream (logged once per change). */
+  private groupError: string | null = null;
   private readonly secrets: string[];
   readonly redactedUrl: string;
 
@@ -147,6 +157,68 @@ export class Forwarder {
   /** Starts the background loop. */
   start(): void {
     this.loop ??= this.run();
+    if (this.o.groups.length > 0 && this.groupTimer === null) {
+      this.groupTimer = setInterval(() => this.pollGroups(), GROUP_POLL_MS);
+      this.groupTimer.unref?.();
+    }
+  }
+
+  /** One read of the groups' backlog at a time, on its own timer: never on the request path. */
+  private pollGroups(): void {
+    this.groupPoll ??= this.readGroups().finally(() => (this.groupPoll = null));
+  }
+
+  /**
+   * Sets payflux_consumer_lag_messages{group} to the XPENDING summary count
+   * (delivered, not acknowledged: the old service's gauge) and
+   * payflux_consumer_group_lag_messages{group} to XINFO GROUPS `lag`
+   * (not delivered yet; Redis 7+, absent when Redis cannot tell). A missing
+   * stream or group, or an unreachable Redis, leaves no sample: a stale or
+   * made-up 0 would hide a consumer outage. Redis trouble is reported by the
+   * forwarding loop; a missing group is logged once when it goes missing.
+   */
+  private async readGroups(): Promise<void> {
+    const { metrics: m, stream, groups, logger } = this.o;
+    let replies: [Error | null, unknown][] | null = null;
+    if (this.redis.status === "ready") {
+      const pipeline = this.redis.pipeline();
+      pipeline.xinfo("GROUPS", stream);
+      for (const group of groups) pipeline.xpending(stream, group);
+      replies = await pipeline.exec().catch(() => null);
+    }
+    const lags = new Map<string, number | null>();
+    const [infoErr, info] = replies?.[0] ?? [new Error("no reply"), null];
+    if (infoErr === null && Array.isArray(info)) {
+      for (const fields of info as unknown[][]) {
+        const entry: Record<string, unknown> = {};
+        for (let i = 0; i + 1 < fields.length; i += 2) entry[String(fields[i])] = fields[i + 1];
+        lags.set(String(entry.name), typeof entry.lag === "number" ? entry.lag : null);
+      }
+    }
+    // Redis answered about the stream (no stream at all is "no such key"): groups not in it are missing.
+    const answered = replies !== null && (infoErr === null || /no such key/i.test(infoErr.message));
+    // Any other refusal (e.g. an ACL without XINFO): said once; connection trouble is the forwarding loop's to report.
+    const refusal = replies !== null && !answered && infoErr !== null && !CONNECTION_ERRORS.some((e) => infoErr.message.includes(e)) ? this.scrub(infoErr.message) : null;
+    if (refusal !== null && refusal !== this.groupError) logger.warn({ stream, err: refusal }, "forwarder: cannot read the consumer groups; no payflux_consumer_lag_messages samples");
+    this.groupError = refusal;
+    groups.forEach((group, i) => {
+      const [err, summary] = replies?.[i + 1] ?? [null, null];
+      const pending = err === null && Array.isArray(summary) && typeof summary[0] === "number" ? summary[0] : null;
+      if (pending === null || !lags.has(group)) {
+        m.consumerLag.remove({ group });
+        m.consumerGroupLag.remove({ group });
+        if (answered && !this.missingGroups.has(group)) {
+          this.missingGroups.add(group);
+          logger.info({ stream, group }, "consumer group not found on the stream; payflux_consumer_lag_messages has no sample for it until it exists");
+        }
+        return;
+      }
+      if (this.missingGroups.delete(group)) logger.info({ stream, group }, "consumer group found on the stream");
+      m.consumerLag.set({ group }, pending);
+      const lag = lags.get(group);
+      if (typeof lag === "number") m.consumerGroupLag.set({ group }, lag);
+      else m.consumerGroupLag.remove({ group });
+    });
   }
 
   /** The log made `records` more records durable (EventLog onDurable). */
@@ -168,6 +240,7 @@ export class Forwarder {
    */
   async stop(boundMs = 2000): Promise<void> {
     this.stopping = true;
+    if (this.groupTimer !== null) clearInterval(this.groupTimer);
     this.interrupt(false);
     if (this.loop !== null) {
       let timer: ReturnType<typeof setTimeout> | undefined;

@@ -1,3 +1,4 @@
+import { keysFingerprintOf } from "./config.ts";
 import type { Gateway } from "./gateway.ts";
 import { json } from "./problem.ts";
 import { VERSION } from "./version.ts";
@@ -8,7 +9,8 @@ import { VERSION } from "./version.ts";
  * an event). With forwarding on, a forwarder that cannot reach Redis makes the
  * instance "degraded", still 200: it keeps accepting and storing events and
  * forwards them once Redis is back. `config_fingerprint` lets operators check
- * that every instance runs the same config.
+ * that every instance runs the same config; `keys_fingerprint` leaves out
+ * what differs per instance (port, host, data dir), so a fleet can compare it.
  */
 export function handleHealth(gw: Gateway): Response {
   const writable = gw.log.writable;
@@ -17,6 +19,7 @@ export function handleHealth(gw: Gateway): Response {
     version: VERSION,
     uptime_s: Math.floor((Date.now() - gw.startedAt) / 1000),
     config_fingerprint: gw.config.fingerprint,
+    keys_fingerprint: keysFingerprintOf(gw.config),
     ...(forwarder ? { forwarder } : {}),
   };
   const headers = { "cache-control": "no-store" };

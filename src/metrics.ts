@@ -1,5 +1,6 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import { bearerToken, DENIAL_REASONS, secretMatches, type KeyCounts, type KeyRing } from "./auth.ts";
+import { keysFingerprintOf, type Config } from "./config.ts";
 import { problem } from "./problem.ts";
 import { RUNTIME, VERSION } from "./version.ts";
 
@@ -34,6 +35,8 @@ export interface MetricSources {
   dedupIds: () => number;
   /** Key counts by state now (expired keys change state with the clock, not on reload). */
   keyCounts: () => KeyCounts;
+  /** The config in force (its keys_fingerprint and storage cap). */
+  config: () => Config | null;
 }
 
 export function createMetrics() {
@@ -42,6 +45,7 @@ export function createMetrics() {
     storage: () => ({ bytes: 0, segments: 0 }),
     dedupIds: () => 0,
     keyCounts: () => ({ active: 0, revoked: 0, expired: 0, expiringSoon: 0 }),
+    config: () => null,
   };
   const m = {
     registry,
@@ -52,6 +56,15 @@ export function createMetrics() {
       registers: [registry],
       collect() {
         this.set(sources.storage().bytes);
+      },
+    }),
+    storageMaxBytes: new Gauge({
+      name: "payflux_storage_max_bytes",
+      help: "Cap of the event log on disk (PAYFLUX_STORAGE_MAX_BYTES); past it ingest answers 503 storage_full",
+      registers: [registry],
+      collect() {
+        const config = sources.config();
+        if (config !== null) this.set(config.storageMaxBytes);
       },
     }),
     storageSegments: new Gauge({
@@ -197,6 +210,30 @@ export function createMetrics() {
     forwardUp: new Gauge({
       name: "payflux_forward_up",
       help: "1 when the last exchange with Redis succeeded, 0 when the forwarder cannot reach it",
+      registers: [registry],
+    }),
+    configInfo: new Gauge({
+      name: "payflux_config_info",
+      help: "Always 1; keys_fingerprint covers what every instance must agree on (keys, revocations, limits, validation, dedup)",
+      labelNames: ["keys_fingerprint"] as const,
+      registers: [registry],
+      collect() {
+        // One series: the value of the config in force (a reload replaces it).
+        this.reset();
+        const config = sources.config();
+        if (config !== null) this.set({ keys_fingerprint: keysFingerprintOf(config) }, 1);
+      },
+    }),
+    consumerLag: new Gauge({
+      name: "payflux_consumer_lag_messages",
+      help: "Entries delivered to the consumer group and not acknowledged yet (XPENDING count), read by the forwarder; no sample while the group or stream does not exist",
+      labelNames: ["group"] as const,
+      registers: [registry],
+    }),
+    consumerGroupLag: new Gauge({
+      name: "payflux_consumer_group_lag_messages",
+      help: "Entries of the stream not delivered to the consumer group yet (XINFO GROUPS lag), where Redis reports it",
+      labelNames: ["group"] as const,
       registers: [registry],
     }),
     buildInfo: new Gauge({

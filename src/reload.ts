@@ -1,11 +1,11 @@
 import type { KeyCounts } from "./auth.ts";
-import { fingerprintOf, loadConfig, SETTING_VARIABLE, type Config } from "./config.ts";
+import { fingerprintOf, keysFingerprintOf, loadConfig, SETTING_VARIABLE, type Config } from "./config.ts";
 import type { LogLimits } from "./event-log.ts";
 import type { Gateway } from "./gateway.ts";
 import { setClientSeries } from "./metrics.ts";
 
 /** Settings bound at start-up; a changed value waits for a restart. */
-const RESTART_ONLY = ["host", "port", "dataDir", "forwardRedisUrl", "forwardStream", "forwardMaxlen"] as const;
+const RESTART_ONLY = ["host", "port", "dataDir", "forwardRedisUrl", "forwardStream", "forwardMaxlen", "forwardConsumerGroups"] as const;
 const SETTINGS = Object.keys(SETTING_VARIABLE) as (keyof typeof SETTING_VARIABLE)[];
 
 /**
@@ -46,15 +46,16 @@ export function reloadConfig(gw: Gateway, env: Record<string, string | undefined
   }
   // The fingerprint describes the config in force, not the file.
   next.fingerprint = fingerprintOf(next);
-  const before = new Set(prev.keys.activeDigests());
-  const after = new Set(next.keys.activeDigests());
-  const prevRevoked = new Set(prev.keys.revokedDigests());
+  const keys = keyChanges(prev, next);
+  const changedSettings = SETTINGS.filter((n) => next[n] !== prev[n]).map((n) => SETTING_VARIABLE[n]);
   const changes = {
-    keys_added: [...after].filter((d) => !before.has(d)).length,
-    keys_removed: [...before].filter((d) => !after.has(d)).length,
-    keys_revoked: next.keys.revokedDigests().filter((d) => !prevRevoked.has(d)).length,
-    changed_settings: SETTINGS.filter((n) => next[n] !== prev[n]).map((n) => SETTING_VARIABLE[n]),
+    ...keys,
+    changed_settings: changedSettings,
+    summary:
+      `keys: ${keys.keys_added} added, ${keys.keys_removed} removed, ${keys.keys_revoked} revoked, ${keys.keys_unrevoked} un-revoked; ` +
+      `settings changed: ${changedSettings.length === 0 ? "none" : changedSettings.join(", ")}`,
     config_fingerprint: next.fingerprint,
+    keys_fingerprint: keysFingerprintOf(next),
   };
   for (const w of candidate.warnings) logger.warn(w);
   // Logged before the new log level applies, so that raising it does not hide this line.
@@ -69,6 +70,32 @@ export function reloadConfig(gw: Gateway, env: Record<string, string | undefined
 /** Key counts for log lines: the states of payflux_api_keys. */
 export function keyStates(c: KeyCounts): { active: number; revoked: number; expired: number } {
   return { active: c.active, revoked: c.revoked, expired: c.expired };
+}
+
+/**
+ * How each key moved between absent, active and revoked, as counts an
+ * operator can act on: added (absent -> active), removed (active or revoked
+ * -> absent), revoked (active or absent -> revoked), unrevoked (revoked ->
+ * active). Each key counts once.
+ */
+export function keyChanges(prev: Config, next: Config) {
+  const state = (c: Config) => {
+    const s = new Map<string, "active" | "revoked">();
+    for (const d of c.keys.activeDigests()) s.set(d, "active");
+    for (const d of c.keys.revokedDigests()) s.set(d, "revoked");
+    return s;
+  };
+  const before = state(prev);
+  const after = state(next);
+  const counts = { keys_added: 0, keys_removed: 0, keys_revoked: 0, keys_unrevoked: 0 };
+  for (const [d, now] of after) {
+    const was = before.get(d);
+    if (now === "active" && was === undefined) counts.keys_added++;
+    else if (now === "active" && was === "revoked") counts.keys_unrevoked++;
+    else if (now === "revoked" && was !== "revoked") counts.keys_revoked++;
+  }
+  for (const d of before.keys()) if (!after.has(d)) counts.keys_removed++;
+  return counts;
 }
 
 export function logLimits(c: Config): LogLimits {

@@ -1,5 +1,5 @@
 import { createFetchHandler, originalRequest } from "./app.ts";
-import { loadConfig, redactUrl } from "./config.ts";
+import { keysFingerprintOf, loadConfig, redactUrl } from "./config.ts";
 import { DataDirInUseError, lockDataDir } from "./data-dir-lock.ts";
 import { DedupIndex, idsFromLog, idsSince } from "./dedup.ts";
 import { takeSnapshot, writeSnapshot } from "./dedup-snapshot.ts";
@@ -91,6 +91,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
         url: config.forwardRedisUrl,
         stream: config.forwardStream,
         maxlen: config.forwardMaxlen,
+        groups: config.forwardConsumerGroups === "" ? [] : config.forwardConsumerGroups.split(","),
         logger,
         metrics,
       });
@@ -115,6 +116,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
     startedAt: Date.now(),
     clientAddress: (request) => server?.clientAddress(originalRequest(request)) ?? null,
   };
+  metrics.sources.config = () => gw.config;
   applyConfig(gw, config);
 
   try {
@@ -132,6 +134,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
       keys: keyStates(config.keys.counts()),
       config_source: config.source,
       config_fingerprint: config.fingerprint,
+      keys_fingerprint: keysFingerprintOf(config),
       data_dir: config.dataDir,
       segment: log.segmentPath,
       dedup_ids_restored: restored.length,

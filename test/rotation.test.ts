@@ -33,7 +33,7 @@ type Vars = Record<string, string>;
 type Client = "old" | "new";
 
 /** The procedure's steps: the env file of each, and what each client must get under it. */
-const STEPS: { name: string; vars: Vars; expect: Record<Client, string>; active: number; revoked: number; reload?: { keys_added: number; keys_removed: number; keys_revoked: number } }[] = [
+const STEPS: { name: string; vars: Vars; expect: Record<Client, string>; active: number; revoked: number; reload?: { keys_added: number; keys_removed: number; keys_revoked: number; keys_unrevoked: number } }[] = [
   { name: "0: old key only", vars: { PAYFLUX_API_KEYS: OLD }, expect: { old: "202", new: "401 invalid_key" }, active: 1, revoked: 0 },
   {
     name: "1: add the new key",
@@ -41,7 +41,7 @@ const STEPS: { name: string; vars: Vars; expect: Record<Client, string>; active:
     expect: { old: "202", new: "202" },
     active: 2,
     revoked: 0,
-    reload: { keys_added: 1, keys_removed: 0, keys_revoked: 0 },
+    reload: { keys_added: 1, keys_removed: 0, keys_revoked: 0, keys_unrevoked: 0 },
   },
   {
     name: "2: revoke the old key",
@@ -49,7 +49,7 @@ const STEPS: { name: string; vars: Vars; expect: Record<Client, string>; active:
     expect: { old: "401 revoked_key", new: "202" },
     active: 1,
     revoked: 1,
-    reload: { keys_added: 0, keys_removed: 1, keys_revoked: 1 },
+    reload: { keys_added: 0, keys_removed: 0, keys_revoked: 1, keys_unrevoked: 0 },
   },
   {
     name: "3: remove the old key from both lists",
@@ -57,7 +57,7 @@ const STEPS: { name: string; vars: Vars; expect: Record<Client, string>; active:
     expect: { old: "401 invalid_key", new: "202" },
     active: 1,
     revoked: 0,
-    reload: { keys_added: 0, keys_removed: 0, keys_revoked: 0 },
+    reload: { keys_added: 0, keys_removed: 1, keys_revoked: 0, keys_unrevoked: 0 },
   },
 ];
 
@@ -150,7 +150,7 @@ for (const target of E2E_TARGETS) {
           if (step === 0) expect(metric(m, 'payflux_auth_denied_total{reason="invalid_key"}')!).toBeGreaterThan(0);
           if (s.reload) {
             const line = await server.waitForLog((l) => l.msg === "config reloaded" && l.config_fingerprint === fp, 5000);
-            expect([step, { keys_added: line.keys_added, keys_removed: line.keys_removed, keys_revoked: line.keys_revoked }]).toEqual([step, s.reload]);
+            expect([step, { keys_added: line.keys_added, keys_removed: line.keys_removed, keys_revoked: line.keys_revoked, keys_unrevoked: line.keys_unrevoked }]).toEqual([step, s.reload]);
             expect([step, line.changed_settings]).toEqual([step, []]);
           }
         }
