@@ -1,6 +1,6 @@
-import { readFileSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { KeyRing, keyDigest } from "./auth.ts";
+import { readSnapshot, tornReason, unchanged, type FileSnapshot } from "./config-file.ts";
 import { parseEnvFile } from "./env-file.ts";
 
 /**
@@ -39,8 +39,11 @@ export type VariableName = keyof typeof VARIABLES;
 export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
-/** Keys shorter than this start the service, with a warning. */
-export const MIN_RECOMMENDED_KEY_LENGTH = 16;
+/**
+ * Keys (and the metrics token) shorter than this are refused: a short key is
+ * weak, and a key cut short by a half-written file must never become valid.
+ */
+export const MIN_KEY_LENGTH = 16;
 /** Upper bound for PAYFLUX_MAX_BODY_BYTES; the HTTP server's own hard limit sits just above it. */
 export const MAX_BODY_CEILING = 64 * 1024 * 1024;
 
@@ -114,16 +117,22 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
   const warnings: string[] = [];
   const file = configFile ?? (env.PAYFLUX_CONFIG || undefined);
   let merged: Env = { ...env };
+  let snapshot: FileSnapshot | null = null;
   if (file !== undefined) {
-    let text: string | null = null;
     try {
-      text = readFileSync(file, "utf8");
+      snapshot = readSnapshot(file);
     } catch (err) {
       errors.push(`cannot read config file ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
     }
-    if (text !== null) {
-      const parsed = parseEnvFile(text, file);
+    if (snapshot !== null) {
+      const torn = tornReason(file, snapshot.text);
+      if (torn !== null) errors.push(torn);
+      const parsed = parseEnvFile(snapshot.text, file);
       errors.push(...parsed.errors);
+      if (Object.keys(parsed.values).some((name) => !name.startsWith("PAYFLUX_"))) {
+        // Not named: such a "name" may be a fragment of a wrapped key.
+        warnings.push(`${file} sets variables that payflux does not read (not PAYFLUX_*); a value wrapped onto its own line looks like this`);
+      }
       merged = { ...merged, ...parsed.values };
     }
   }
@@ -139,8 +148,8 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
     return v === undefined || v.trim() === "" ? VARIABLES[name].default : v.trim();
   };
 
-  const allowed = [...keyList("PAYFLUX_API_KEYS", get("PAYFLUX_API_KEYS"), errors, warnings), ...keyList("PAYFLUX_API_KEY", get("PAYFLUX_API_KEY"), errors, warnings)];
-  const revoked = keyList("PAYFLUX_REVOKED_KEYS", get("PAYFLUX_REVOKED_KEYS"), errors, []);
+  const allowed = [...keyList("PAYFLUX_API_KEYS", get("PAYFLUX_API_KEYS"), errors), ...keyList("PAYFLUX_API_KEY", get("PAYFLUX_API_KEY"), errors)];
+  const revoked = keyList("PAYFLUX_REVOKED_KEYS", get("PAYFLUX_REVOKED_KEYS"), errors);
   const keys = new KeyRing(allowed.map(keyDigest), revoked.map(keyDigest));
   if (allowed.length === 0 && errors.length === 0) {
     errors.push(
@@ -164,8 +173,8 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
   const dedupWindowMs = duration("PAYFLUX_DEDUP_WINDOW", get("PAYFLUX_DEDUP_WINDOW"), { minMs: 1000, maxMs: 30 * 86_400_000 }, errors);
   const metricsEnabled = boolean("PAYFLUX_METRICS_ENABLED", get("PAYFLUX_METRICS_ENABLED"), errors);
   const metricsToken = get("PAYFLUX_METRICS_TOKEN");
-  if (metricsToken !== "" && metricsToken.length < MIN_RECOMMENDED_KEY_LENGTH) {
-    warnings.push(`PAYFLUX_METRICS_TOKEN is shorter than ${MIN_RECOMMENDED_KEY_LENGTH} characters`);
+  if (metricsToken !== "" && metricsToken.length < MIN_KEY_LENGTH) {
+    errors.push(`PAYFLUX_METRICS_TOKEN is shorter than ${MIN_KEY_LENGTH} characters; use \`payflux keygen\` for a strong token`);
   }
   if (/[\s,]/.test(metricsToken)) errors.push("PAYFLUX_METRICS_TOKEN must not contain spaces or commas");
   const shutdownTimeoutMs = duration("PAYFLUX_SHUTDOWN_TIMEOUT", get("PAYFLUX_SHUTDOWN_TIMEOUT"), { minMs: 1000, maxMs: 3_600_000 }, errors);
@@ -183,6 +192,10 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
   if (!/^[\x21-\x7e]{1,256}$/.test(forwardStream)) errors.push("PAYFLUX_FORWARD_STREAM must be 1 to 256 printable characters without spaces");
   const forwardMaxlen = integer("PAYFLUX_FORWARD_MAXLEN", get("PAYFLUX_FORWARD_MAXLEN"), { min: 1, max: 1_000_000_000 }, errors);
 
+  // Read again after parsing: a file that changed meanwhile may be half-written.
+  if (file !== undefined && snapshot !== null && !unchanged(file, snapshot)) {
+    errors.push(`${file} changed while it was being read (a write in progress?); nothing was applied: write it atomically (temporary file + rename) and reload again`);
+  }
   if (errors.length > 0) return { ok: false, errors, warnings };
 
   const metricsTokenDigest = metricsToken === "" ? null : keyDigest(metricsToken);
@@ -204,7 +217,7 @@ export function fingerprintOf(c: Config): string {
 }
 
 /** Splits a comma-separated key list; problems name the variable and the entry's position, never the key. */
-function keyList(name: string, raw: string, errors: string[], warnings: string[]): string[] {
+function keyList(name: string, raw: string, errors: string[]): string[] {
   if (raw === "") return [];
   const keys: string[] = [];
   raw.split(",").forEach((part, i) => {
@@ -214,8 +227,10 @@ function keyList(name: string, raw: string, errors: string[], warnings: string[]
       errors.push(`${name} entry ${i + 1} contains spaces or non-printable characters; keys must be printable ASCII`);
       return;
     }
-    if (key.length < MIN_RECOMMENDED_KEY_LENGTH) {
-      warnings.push(`${name} entry ${i + 1} is shorter than ${MIN_RECOMMENDED_KEY_LENGTH} characters; use \`payflux keygen\` for a strong key`);
+    if (key.length < MIN_KEY_LENGTH) {
+      // Also for revocations: a short entry is a key cut short (a half-written file) or a key that could never be used.
+      errors.push(`${name} entry ${i + 1} is shorter than ${MIN_KEY_LENGTH} characters (a key cut short?); use \`payflux keygen\` for a strong key`);
+      return;
     }
     keys.push(key);
   });

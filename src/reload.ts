@@ -28,12 +28,7 @@ export function applyConfig(gw: Gateway, next: Config): void {
 export function reloadConfig(gw: Gateway, env: Record<string, string | undefined>, configFile: string | undefined): boolean {
   const result = loadConfig(env, configFile);
   const { metrics, logger } = gw;
-  if (!result.ok) {
-    metrics.reloads.inc({ result: "failure" });
-    metrics.lastReloadSuccessful.set(0);
-    logger.error({ errors: result.errors }, `config reload failed, keeping the config in force: ${result.errors.join("; ")}`);
-    return false;
-  }
+  if (!result.ok) return reloadFailed(gw, result.errors);
   const prev = gw.config;
   const candidate = result.config;
   // Restart-only settings keep their running value.
@@ -63,6 +58,14 @@ export function reloadConfig(gw: Gateway, env: Record<string, string | undefined
   metrics.lastReloadSuccessful.set(1);
   metrics.lastReloadSuccessTime.set(Date.now() / 1000);
   return true;
+}
+
+/** A reload that changes nothing: counted, and one error line (the errors never quote a value). */
+export function reloadFailed(gw: Gateway, errors: string[]): false {
+  gw.metrics.reloads.inc({ result: "failure" });
+  gw.metrics.lastReloadSuccessful.set(0);
+  gw.logger.error({ errors }, `config reload failed, keeping the config in force: ${errors.join("; ")}`);
+  return false;
 }
 
 export function logLimits(c: Config): LogLimits {

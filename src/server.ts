@@ -8,7 +8,8 @@ import type { Gateway } from "./gateway.ts";
 import { RateLimiter } from "./limiter.ts";
 import { createLogger, LogThrottle } from "./logger.ts";
 import { createMetrics } from "./metrics.ts";
-import { applyConfig, logLimits, reloadConfig } from "./reload.ts";
+import { applyConfig, logLimits, reloadConfig, reloadFailed } from "./reload.ts";
+import { SETTLE_MAX_MS, waitUntilQuiet } from "./config-file.ts";
 import { AddressInUseError, startHttpServer, type HttpServer } from "./runtime.ts";
 import { EXIT } from "./exit-codes.ts";
 import { RUNTIME, VERSION } from "./version.ts";
@@ -141,14 +142,18 @@ export async function serve(configFile: string | undefined): Promise<void> {
   }, RETENTION_SWEEP_MS);
   retention.unref?.();
 
-  // A burst of SIGHUPs coalesces into reloads of the file's latest content.
+  // A burst of SIGHUPs coalesces into reloads of the file's latest content,
+  // read once the file has stopped changing (a writer may be half-way).
+  const reloadFile = configFile ?? (env.PAYFLUX_CONFIG || undefined);
   let reloadQueued = false;
   onReload = () => {
     if (reloadQueued) return;
     reloadQueued = true;
-    setTimeout(() => {
+    setTimeout(async () => {
+      const quiet = reloadFile === undefined || (await waitUntilQuiet(reloadFile));
       reloadQueued = false;
-      reloadConfig(gw, env, configFile);
+      if (quiet) reloadConfig(gw, env, configFile);
+      else reloadFailed(gw, [`${reloadFile} kept changing for ${SETTLE_MAX_MS / 1000} s; nothing was applied: write it atomically (temporary file + rename) and reload again`]);
     }, 0);
   };
 
