@@ -240,7 +240,7 @@ function keyList(name: string, raw: string, errors: string[]): string[] {
 function number(name: string, raw: string, range: { min: number; max: number }, errors: string[]): number {
   const n = /^\d+(\.\d+)?$/.test(raw) ? Number(raw) : NaN;
   if (!(n >= range.min && n <= range.max)) {
-    errors.push(`${name} must be a number from ${range.min} to ${range.max}, got "${raw.slice(0, 32)}"`);
+    errors.push(`${name} must be a number from ${range.min} to ${range.max}${got(raw)}`);
     return NaN;
   }
   return n;
@@ -249,7 +249,7 @@ function number(name: string, raw: string, range: { min: number; max: number }, 
 function integer(name: string, raw: string, range: { min: number; max: number }, errors: string[]): number {
   const n = /^\d+$/.test(raw) ? Number(raw) : NaN;
   if (!(n >= range.min && n <= range.max)) {
-    errors.push(`${name} must be a whole number from ${range.min} to ${range.max}, got "${raw.slice(0, 32)}"`);
+    errors.push(`${name} must be a whole number from ${range.min} to ${range.max}${got(raw)}`);
     return NaN;
   }
   return n;
@@ -268,7 +268,7 @@ export function parseDuration(raw: string): number | null {
 function duration(name: string, raw: string, range: { minMs: number; maxMs: number }, errors: string[]): number {
   const ms = parseDuration(raw);
   if (ms === null || ms < range.minMs || ms > range.maxMs) {
-    errors.push(`${name} must be a duration from ${formatMs(range.minMs)} to ${formatMs(range.maxMs)} such as 90s, 15m or 24h, got "${raw.slice(0, 32)}"`);
+    errors.push(`${name} must be a duration from ${formatMs(range.minMs)} to ${formatMs(range.maxMs)} such as 90s, 15m or 24h${got(raw)}`);
     return NaN;
   }
   return ms;
@@ -286,7 +286,7 @@ export function parseBytes(raw: string): number | null {
 function bytes(name: string, raw: string, range: { min: number; max: number }, errors: string[]): number {
   const n = parseBytes(raw);
   if (n === null || n < range.min || n > range.max) {
-    errors.push(`${name} must be a size from ${range.min} bytes such as 65536, 64MiB or 10GiB, got "${raw.slice(0, 32)}"`);
+    errors.push(`${name} must be a size from ${range.min} bytes such as 65536, 64MiB or 10GiB${got(raw)}`);
     return NaN;
   }
   return n;
@@ -338,6 +338,15 @@ export function urlSecrets(raw: string): string[] {
   return [...out];
 }
 
+/**
+ * What a bad value looks like, without the value: any variable can end up
+ * holding a secret (a key pasted into the wrong variable, or joined to it by
+ * a trailing backslash), so values are never quoted, only their length.
+ */
+function got(raw: string): string {
+  return `; the value given (${raw.length} characters) is not one`;
+}
+
 function formatMs(ms: number): string {
   for (const [unit, size] of [["d", 86_400_000], ["h", 3_600_000], ["m", 60_000], ["s", 1000]] as const) {
     if (ms % size === 0) return `${ms / size}${unit}`;
@@ -349,7 +358,7 @@ function boolean(name: string, raw: string, errors: string[]): boolean {
   const v = raw.toLowerCase();
   if (["true", "1", "yes", "on"].includes(v)) return true;
   if (["false", "0", "no", "off"].includes(v)) return false;
-  errors.push(`${name} must be true or false, got "${raw.slice(0, 32)}"`);
+  errors.push(`${name} must be true or false${got(raw)}`);
   return false;
 }
 
