@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
 import { KeyRing, keyDigest } from "./auth.ts";
 import { readSnapshot, tornReason, unchanged, type FileSnapshot } from "./config-file.ts";
+import { TrustedProxies } from "./client-address.ts";
 import { parseEnvFile } from "./env-file.ts";
 
 /**
@@ -15,6 +16,9 @@ export const VARIABLES = {
   PAYFLUX_REVOKED_KEYS: { default: "", help: "revoked keys, comma-separated; revocation wins over the allowlist" },
   PAYFLUX_INGEST_RPS: { default: "100", help: "token-bucket refill rate per key, requests per second" },
   PAYFLUX_INGEST_BURST: { default: "500", help: "token-bucket capacity per key, requests" },
+  PAYFLUX_AUTH_FAIL_RPS: { default: "5", help: "failed authentications per second allowed per client address (refill rate); 0 disables the limit" },
+  PAYFLUX_AUTH_FAIL_BURST: { default: "20", help: "failed authentications in a burst per client address; past it 429 auth_throttled; 0 disables the limit" },
+  PAYFLUX_TRUST_PROXY: { default: "", help: "proxies whose X-Forwarded-For is believed: comma-separated IPv4/IPv6 addresses or CIDRs (empty: none)" },
   PAYFLUX_HOST: { default: "0.0.0.0", help: "listen address" },
   PAYFLUX_PORT: { default: "8080", help: "listen port (0 picks a free one)" },
   PAYFLUX_DATA_DIR: { default: "./data", help: "directory of the event log" },
@@ -51,6 +55,13 @@ export interface Config {
   keys: KeyRing;
   ingestRps: number;
   ingestBurst: number;
+  /** Failed-login limit per client address; either 0 disables it. */
+  authFailRps: number;
+  authFailBurst: number;
+  /** PAYFLUX_TRUST_PROXY in canonical form (for change detection). */
+  trustProxy: string;
+  /** PAYFLUX_TRUST_PROXY parsed. */
+  trustedProxies: TrustedProxies;
   host: string;
   port: number;
   dataDir: string;
@@ -81,6 +92,9 @@ export interface Config {
 export const SETTING_VARIABLE = {
   ingestRps: "PAYFLUX_INGEST_RPS",
   ingestBurst: "PAYFLUX_INGEST_BURST",
+  authFailRps: "PAYFLUX_AUTH_FAIL_RPS",
+  authFailBurst: "PAYFLUX_AUTH_FAIL_BURST",
+  trustProxy: "PAYFLUX_TRUST_PROXY",
   host: "PAYFLUX_HOST",
   port: "PAYFLUX_PORT",
   dataDir: "PAYFLUX_DATA_DIR",
@@ -162,6 +176,9 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
 
   const ingestRps = number("PAYFLUX_INGEST_RPS", get("PAYFLUX_INGEST_RPS"), { min: 0.001, max: 1_000_000 }, errors);
   const ingestBurst = integer("PAYFLUX_INGEST_BURST", get("PAYFLUX_INGEST_BURST"), { min: 1, max: 10_000_000 }, errors);
+  const authFailRps = number("PAYFLUX_AUTH_FAIL_RPS", get("PAYFLUX_AUTH_FAIL_RPS"), { min: 0, max: 1_000_000 }, errors);
+  const authFailBurst = integer("PAYFLUX_AUTH_FAIL_BURST", get("PAYFLUX_AUTH_FAIL_BURST"), { min: 0, max: 1_000_000 }, errors);
+  const trustedProxies = TrustedProxies.parse(get("PAYFLUX_TRUST_PROXY"), errors);
   const host = get("PAYFLUX_HOST");
   if (!/^[A-Za-z0-9.:\-\[\]_%]+$/.test(host)) errors.push(`PAYFLUX_HOST must be an IP address or host name`);
   const port = integer("PAYFLUX_PORT", get("PAYFLUX_PORT"), { min: 0, max: 65535 }, errors);
@@ -200,7 +217,7 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
 
   const metricsTokenDigest = metricsToken === "" ? null : keyDigest(metricsToken);
   const config: Config = {
-    keys, ingestRps, ingestBurst, host, port, dataDir, logLevel, maxBodyBytes, maxBatch, dedupWindowMs,
+    keys, ingestRps, ingestBurst, authFailRps, authFailBurst, trustProxy: trustedProxies.text, trustedProxies, host, port, dataDir, logLevel, maxBodyBytes, maxBatch, dedupWindowMs,
     metricsEnabled, metricsTokenDigest, shutdownTimeoutMs, segmentBytes, retentionMs, storageMaxBytes, dedupMaxIds,
     forwardRedisUrl: forwardUrl === "" ? null : forwardUrl, forwardStream, forwardMaxlen,
     source: file ?? "environment", fingerprint: "", warnings,
@@ -211,7 +228,7 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
 
 /** 12 hex characters over every effective setting (keys as digests), the same on every instance. */
 export function fingerprintOf(c: Config): string {
-  const { keys, source: _source, fingerprint: _fingerprint, warnings: _warnings, ...settings } = c;
+  const { keys, source: _source, fingerprint: _fingerprint, warnings: _warnings, trustedProxies: _trusted, ...settings } = c;
   const effective = { active: keys.activeDigests().sort(), revoked: keys.revokedDigests().sort(), ...settings };
   return createHash("sha256").update(JSON.stringify(effective)).digest("hex").slice(0, 12);
 }

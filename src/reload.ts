@@ -15,6 +15,7 @@ const SETTINGS = Object.keys(SETTING_VARIABLE) as (keyof typeof SETTING_VARIABLE
 export function applyConfig(gw: Gateway, next: Config): void {
   gw.config = next;
   gw.limiter.reconfigure(next.ingestRps, next.ingestBurst, next.keys.activeDigests());
+  gw.authFailures.reconfigure(next.authFailRps, next.authFailBurst);
   gw.dedup.setLimits(next.dedupWindowMs, next.dedupMaxIds);
   gw.log.setLimits(logLimits(next));
   gw.logger.level = next.logLevel;

@@ -6,6 +6,7 @@ import { EventLog } from "./event-log.ts";
 import { Forwarder } from "./forwarder.ts";
 import type { Gateway } from "./gateway.ts";
 import { RateLimiter } from "./limiter.ts";
+import { AddressLimiter } from "./address-limiter.ts";
 import { createLogger, LogThrottle } from "./logger.ts";
 import { createMetrics } from "./metrics.ts";
 import { applyConfig, logLimits, reloadConfig, reloadFailed } from "./reload.ts";
@@ -99,6 +100,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
   const gw: Gateway = {
     config,
     limiter: new RateLimiter(config.ingestRps, config.ingestBurst),
+    authFailures: new AddressLimiter(config.authFailRps, config.authFailBurst),
     dedup,
     log,
     forwarder,
@@ -106,7 +108,8 @@ export async function serve(configFile: string | undefined): Promise<void> {
     logger,
     throttle: new LogThrottle(() => logger),
     startedAt: Date.now(),
-    clientAddress: (request) => server?.clientAddress(originalRequest(request)) ?? null,
+    clientAddress: (request) =>
+      gw.config.trustedProxies.clientOf(server?.clientAddress(originalRequest(request)) ?? null, request.headers.get("x-forwarded-for")),
   };
   applyConfig(gw, config);
 
