@@ -80,6 +80,7 @@ function checkConfig(configFile: string | undefined): void {
       `  listen:       ${c.host}:${c.port}`,
       `  data dir:     ${c.dataDir}`,
       `  rate limit:   ${c.ingestRps}/s per key, burst ${c.ingestBurst}`,
+      `  failed auth:  ${c.authFailRps > 0 && c.authFailBurst > 0 ? `${c.authFailRps}/s per address, burst ${c.authFailBurst}` : "no limit"}; X-Forwarded-For ${c.trustProxy === "" ? "ignored" : `believed from ${c.trustProxy}`}`,
       `  limits:       body ${c.maxBodyBytes} bytes, batch ${c.maxBatch} events, dedup window ${c.dedupWindowMs / 1000}s`,
       `  metrics:      ${c.metricsEnabled ? (c.metricsTokenDigest ? "enabled, token required" : "enabled, open") : "disabled"}`,
       `  log level:    ${c.logLevel}`,

@@ -8,7 +8,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { AddressLimiter, bucketKey } from "../src/address-limiter.ts";
 import { parseAddress, formatAddress, TrustedProxies } from "../src/client-address.ts";
-import { E2E_TARGETS, event, KEY, metric, metricsText, SINGLE, startServer, stopAll, type Server } from "./support/harness.ts";
+import { E2E_TARGETS, event, KEY, metric, metricsText, runCli, SINGLE, startServer, stopAll, type Server } from "./support/harness.ts";
 import { rawRequest } from "./support/bound-client.ts";
 
 afterAll(stopAll);
@@ -57,6 +57,19 @@ describe("AddressLimiter (clock injected)", () => {
 });
 
 describe("TrustedProxies", () => {
+  test("check-config shows the limit and the trusted proxies; a bad entry is exit 78 naming its position", () => {
+    const ok = runCli(["check-config"], { PAYFLUX_API_KEYS: KEY, PAYFLUX_TRUST_PROXY: "10.0.0.0/8, 192.168.1.5" });
+    expect(ok.code).toBe(0);
+    expect(ok.stdout).toContain("failed auth:  5/s per address, burst 20; X-Forwarded-For believed from 10.0.0.0/8,192.168.1.5/32");
+    const off = runCli(["check-config"], { PAYFLUX_API_KEYS: KEY, PAYFLUX_AUTH_FAIL_BURST: "0" });
+    expect(off.stdout).toContain("failed auth:  no limit; X-Forwarded-For ignored");
+    const bad = runCli(["check-config"], { PAYFLUX_API_KEYS: KEY, PAYFLUX_TRUST_PROXY: "10.0.0.1,not-an-address", PAYFLUX_AUTH_FAIL_RPS: "-1" });
+    expect(bad.code).toBe(78);
+    expect(bad.stderr).toContain("PAYFLUX_TRUST_PROXY entry 2 is not an IPv4 or IPv6 address");
+    expect(bad.stderr).toContain("PAYFLUX_AUTH_FAIL_RPS must be a number from 0");
+    expect(bad.stderr).not.toContain("not-an-address");
+  });
+
   test("parses addresses and CIDRs (IPv4, IPv6, mapped); errors name the entry, not the text", () => {
     const errors: string[] = [];
     const t = TrustedProxies.parse("10.0.0.0/8, 192.168.1.5 ,fd00::/8,::ffff:172.16.0.1", errors);
