@@ -21,7 +21,7 @@ export interface FileSnapshot {
 }
 
 /** How long a file must stay unchanged before a reload reads it. */
-export const SETTLE_MS = 300;
+export const SETTLE_MS = 500;
 /** Longest a reload waits for a file that keeps changing. */
 export const SETTLE_MAX_MS = 5000;
 
