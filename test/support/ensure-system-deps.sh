@@ -11,6 +11,9 @@ declare -A NEEDED=(
   [redis-server]=redis-server
   [nginx]=nginx
   [haproxy]=haproxy
+  [strace]=strace
+  [setpriv]=util-linux
+  [unshare]=util-linux
 )
 
 missing=()
