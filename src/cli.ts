@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { loadConfig, redactUrl } from "./config.ts";
+import { waitUntilQuiet } from "./config-file.ts";
 import { EXIT } from "./exit-codes.ts";
 import { serve } from "./server.ts";
 import { RUNTIME, VERSION } from "./version.ts";
@@ -64,7 +65,10 @@ export async function main(argv: string[]): Promise<void> {
 }
 
 /** Prints a summary (counts, never keys) and exits 0, or every problem and exits 78. */
-function checkConfig(configFile: string | undefined): void {
+async function checkConfig(configFile: string | undefined): Promise<void> {
+  // As serve and SIGHUP do: a file being written is read once it is quiet.
+  const file = configFile ?? (process.env.PAYFLUX_CONFIG || undefined);
+  if (file !== undefined) await waitUntilQuiet(file);
   const result = loadConfig(process.env, configFile);
   for (const w of result.ok ? result.config.warnings : result.warnings) console.error(`warning: ${w}`);
   if (!result.ok) {

@@ -32,6 +32,9 @@ export async function serve(configFile: string | undefined): Promise<void> {
   process.on("SIGINT", () => onStop("SIGINT"));
 
   const env = process.env;
+  // A file being written right now (a restart during an edit) is read once it is quiet.
+  const file = configFile ?? (env.PAYFLUX_CONFIG || undefined);
+  if (file !== undefined) await waitUntilQuiet(file);
   const loaded = loadConfig(env, configFile);
   if (!loaded.ok) {
     for (const w of loaded.warnings) console.error(`warning: ${w}`);
@@ -147,16 +150,15 @@ export async function serve(configFile: string | undefined): Promise<void> {
 
   // A burst of SIGHUPs coalesces into reloads of the file's latest content,
   // read once the file has stopped changing (a writer may be half-way).
-  const reloadFile = configFile ?? (env.PAYFLUX_CONFIG || undefined);
   let reloadQueued = false;
   onReload = () => {
     if (reloadQueued) return;
     reloadQueued = true;
     setTimeout(async () => {
-      const quiet = reloadFile === undefined || (await waitUntilQuiet(reloadFile));
+      const quiet = file === undefined || (await waitUntilQuiet(file));
       reloadQueued = false;
       if (quiet) reloadConfig(gw, env, configFile);
-      else reloadFailed(gw, [`${reloadFile} kept changing for ${SETTLE_MAX_MS / 1000} s; nothing was applied: write it atomically (temporary file + rename) and reload again`]);
+      else reloadFailed(gw, [`${file} kept changing for ${SETTLE_MAX_MS / 1000} s; nothing was applied: write it atomically (temporary file + rename) and reload again`]);
     }, 0);
   };
 
