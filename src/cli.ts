@@ -1,7 +1,8 @@
 import { randomBytes } from "node:crypto";
 import { EXPIRING_SOON_MS, HASH_PREFIX, KEY_ID_PREFIX, keyDigest, keyIdOf, type KeyEntry } from "./auth.ts";
 import { nameProblem } from "./clients.ts";
-import { loadConfig, MIN_RECOMMENDED_KEY_LENGTH, redactUrl } from "./config.ts";
+import { loadConfig, MIN_KEY_LENGTH, redactUrl } from "./config.ts";
+import { waitUntilQuiet } from "./config-file.ts";
 import { EXIT } from "./exit-codes.ts";
 import { serve } from "./server.ts";
 import { RUNTIME, VERSION } from "./version.ts";
@@ -73,7 +74,10 @@ export async function main(argv: string[]): Promise<void> {
 }
 
 /** Prints a summary (counts, never keys) and exits 0, or every problem and exits 78. */
-function checkConfig(configFile: string | undefined): void {
+async function checkConfig(configFile: string | undefined): Promise<void> {
+  // As serve and SIGHUP do: a file being written is read once it is quiet.
+  const file = configFile ?? (process.env.PAYFLUX_CONFIG || undefined);
+  if (file !== undefined) await waitUntilQuiet(file);
   const result = loadConfig(process.env, configFile);
   for (const w of result.ok ? result.config.warnings : result.warnings) console.error(`warning: ${w}`);
   if (!result.ok) {
@@ -89,6 +93,7 @@ function checkConfig(configFile: string | undefined): void {
       `  listen:       ${c.host}:${c.port}`,
       `  data dir:     ${c.dataDir}`,
       `  rate limit:   ${c.ingestRps}/s per key, burst ${c.ingestBurst}`,
+      `  failed auth:  ${c.authFailRps > 0 && c.authFailBurst > 0 ? `${c.authFailRps}/s per address, burst ${c.authFailBurst}` : "no limit"}; X-Forwarded-For ${c.trustProxy === "" ? "ignored" : `believed from ${c.trustProxy}`}`,
       `  limits:       body ${c.maxBodyBytes} bytes, batch ${c.maxBatch} events, dedup window ${c.dedupWindowMs / 1000}s`,
       `  metrics:      ${c.metricsEnabled ? (c.metricsTokenDigest ? "enabled, token required" : "enabled, open") : "disabled"}`,
       `  log level:    ${c.logLevel}`,
@@ -148,7 +153,7 @@ async function hashKey(): Promise<void> {
   if (key === "") return fail("no key on stdin (example: printf %s \"$KEY\" | payflux hash-key)");
   if (!/^[\x21-\x7e]+$/.test(key)) return fail("the key must be one line of printable ASCII without spaces");
   if (key.startsWith(HASH_PREFIX)) return fail(`the input is already a ${HASH_PREFIX} form`);
-  if (key.length < MIN_RECOMMENDED_KEY_LENGTH) console.error(`warning: the key is shorter than ${MIN_RECOMMENDED_KEY_LENGTH} characters; replace it with \`payflux keygen\``);
+  if (key.length < MIN_KEY_LENGTH) console.error(`warning: the key is shorter than ${MIN_KEY_LENGTH} characters; replace it with \`payflux keygen\``);
   const digest = keyDigest(key);
   console.log([`hash:   ${HASH_PREFIX}${digest}`, `key_id: ${keyIdOf(digest)}`].join("\n"));
 }

@@ -1,7 +1,8 @@
-import { readFileSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { anonymousEntry, configuredDigest, HASH_PREFIX, KEY_ID_PREFIX, KeyRing, keyDigest, keyIdOf, type KeyEntry } from "./auth.ts";
 import { metricLabelOf, parseClientsFile, type ClientSpec } from "./clients.ts";
+import { readSnapshot, tornReason, unchanged, type FileSnapshot } from "./config-file.ts";
+import { TrustedProxies } from "./client-address.ts";
 import { parseEnvFile } from "./env-file.ts";
 import { BURST_RANGE, limitsOf, RPS_RANGE } from "./limiter.ts";
 
@@ -18,6 +19,9 @@ export const VARIABLES = {
   PAYFLUX_CLIENTS_FILE: { default: "", help: "file of named clients (name, secret, rps= burst= not_after= revoked), re-read on SIGHUP" },
   PAYFLUX_INGEST_RPS: { default: "100", help: "token-bucket refill rate per key, requests per second" },
   PAYFLUX_INGEST_BURST: { default: "500", help: "token-bucket capacity per key, requests" },
+  PAYFLUX_AUTH_FAIL_RPS: { default: "5", help: "failed authentications per second allowed per client address (refill rate); 0 disables the limit" },
+  PAYFLUX_AUTH_FAIL_BURST: { default: "20", help: "failed authentications in a burst per client address; past it 429 auth_throttled; 0 disables the limit" },
+  PAYFLUX_TRUST_PROXY: { default: "", help: "proxies whose X-Forwarded-For is believed: comma-separated IPv4/IPv6 addresses or CIDRs (empty: none)" },
   PAYFLUX_HOST: { default: "0.0.0.0", help: "listen address" },
   PAYFLUX_PORT: { default: "8080", help: "listen port (0 picks a free one)" },
   PAYFLUX_DATA_DIR: { default: "./data", help: "directory of the event log" },
@@ -44,8 +48,11 @@ export type VariableName = keyof typeof VARIABLES;
 export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
-/** Keys shorter than this start the service, with a warning. */
-export const MIN_RECOMMENDED_KEY_LENGTH = 16;
+/**
+ * Keys (and the metrics token) shorter than this are refused: a short key is
+ * weak, and a key cut short by a half-written file must never become valid.
+ */
+export const MIN_KEY_LENGTH = 16;
 /** Upper bound for PAYFLUX_MAX_BODY_BYTES; the HTTP server's own hard limit sits just above it. */
 export const MAX_BODY_CEILING = 64 * 1024 * 1024;
 
@@ -53,6 +60,13 @@ export interface Config {
   keys: KeyRing;
   ingestRps: number;
   ingestBurst: number;
+  /** Failed-login limit per client address; either 0 disables it. */
+  authFailRps: number;
+  authFailBurst: number;
+  /** PAYFLUX_TRUST_PROXY in canonical form (for change detection). */
+  trustProxy: string;
+  /** PAYFLUX_TRUST_PROXY parsed. */
+  trustedProxies: TrustedProxies;
   host: string;
   port: number;
   dataDir: string;
@@ -88,6 +102,9 @@ export interface Config {
 export const SETTING_VARIABLE = {
   ingestRps: "PAYFLUX_INGEST_RPS",
   ingestBurst: "PAYFLUX_INGEST_BURST",
+  authFailRps: "PAYFLUX_AUTH_FAIL_RPS",
+  authFailBurst: "PAYFLUX_AUTH_FAIL_BURST",
+  trustProxy: "PAYFLUX_TRUST_PROXY",
   host: "PAYFLUX_HOST",
   port: "PAYFLUX_PORT",
   dataDir: "PAYFLUX_DATA_DIR",
@@ -127,16 +144,22 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
   const warnings: string[] = [];
   const file = configFile ?? (env.PAYFLUX_CONFIG || undefined);
   let merged: Env = { ...env };
+  let snapshot: FileSnapshot | null = null;
   if (file !== undefined) {
-    let text: string | null = null;
     try {
-      text = readFileSync(file, "utf8");
+      snapshot = readSnapshot(file);
     } catch (err) {
       errors.push(`cannot read config file ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
     }
-    if (text !== null) {
-      const parsed = parseEnvFile(text, file);
+    if (snapshot !== null) {
+      const torn = tornReason(file, snapshot.text);
+      if (torn !== null) errors.push(torn);
+      const parsed = parseEnvFile(snapshot.text, file);
       errors.push(...parsed.errors);
+      if (Object.keys(parsed.values).some((name) => !name.startsWith("PAYFLUX_"))) {
+        // Not named: such a "name" may be a fragment of a wrapped key.
+        warnings.push(`${file} sets variables that payflux does not read (not PAYFLUX_*); a value wrapped onto its own line looks like this`);
+      }
       merged = { ...merged, ...parsed.values };
     }
   }
@@ -156,6 +179,9 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
   const ingestBurst = integer("PAYFLUX_INGEST_BURST", get("PAYFLUX_INGEST_BURST"), BURST_RANGE, errors);
   const clientsFile = get("PAYFLUX_CLIENTS_FILE");
   const keys = loadKeys(get, clientsFile, ingestRps, ingestBurst, errors, warnings);
+  const authFailRps = number("PAYFLUX_AUTH_FAIL_RPS", get("PAYFLUX_AUTH_FAIL_RPS"), { min: 0, max: 1_000_000 }, errors);
+  const authFailBurst = integer("PAYFLUX_AUTH_FAIL_BURST", get("PAYFLUX_AUTH_FAIL_BURST"), { min: 0, max: 1_000_000 }, errors);
+  const trustedProxies = TrustedProxies.parse(get("PAYFLUX_TRUST_PROXY"), errors);
   const host = get("PAYFLUX_HOST");
   if (!/^[A-Za-z0-9.:\-\[\]_%]+$/.test(host)) errors.push(`PAYFLUX_HOST must be an IP address or host name`);
   const port = integer("PAYFLUX_PORT", get("PAYFLUX_PORT"), { min: 0, max: 65535 }, errors);
@@ -168,8 +194,8 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
   const metricsEnabled = boolean("PAYFLUX_METRICS_ENABLED", get("PAYFLUX_METRICS_ENABLED"), errors);
   const metricsPerClient = boolean("PAYFLUX_METRICS_PER_CLIENT", get("PAYFLUX_METRICS_PER_CLIENT"), errors);
   const metricsToken = get("PAYFLUX_METRICS_TOKEN");
-  if (metricsToken !== "" && metricsToken.length < MIN_RECOMMENDED_KEY_LENGTH) {
-    warnings.push(`PAYFLUX_METRICS_TOKEN is shorter than ${MIN_RECOMMENDED_KEY_LENGTH} characters`);
+  if (metricsToken !== "" && metricsToken.length < MIN_KEY_LENGTH) {
+    errors.push(`PAYFLUX_METRICS_TOKEN is shorter than ${MIN_KEY_LENGTH} characters; use \`payflux keygen\` for a strong token`);
   }
   if (/[\s,]/.test(metricsToken)) errors.push("PAYFLUX_METRICS_TOKEN must not contain spaces or commas");
   const shutdownTimeoutMs = duration("PAYFLUX_SHUTDOWN_TIMEOUT", get("PAYFLUX_SHUTDOWN_TIMEOUT"), { minMs: 1000, maxMs: 3_600_000 }, errors);
@@ -188,11 +214,15 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
   const forwardMaxlen = integer("PAYFLUX_FORWARD_MAXLEN", get("PAYFLUX_FORWARD_MAXLEN"), { min: 1, max: 1_000_000_000 }, errors);
   const forwardConsumerGroups = consumerGroups(get("PAYFLUX_FORWARD_CONSUMER_GROUPS"), errors);
 
+  // Read again after parsing: a file that changed meanwhile may be half-written.
+  if (file !== undefined && snapshot !== null && !unchanged(file, snapshot)) {
+    errors.push(`${file} changed while it was being read (a write in progress?); nothing was applied: write it atomically (temporary file + rename) and reload again`);
+  }
   if (errors.length > 0) return { ok: false, errors, warnings };
 
   const metricsTokenDigest = metricsToken === "" ? null : keyDigest(metricsToken);
   const config: Config = {
-    keys, ingestRps, ingestBurst, host, port, dataDir, logLevel, maxBodyBytes, maxBatch, dedupWindowMs,
+    keys, ingestRps, ingestBurst, authFailRps, authFailBurst, trustProxy: trustedProxies.text, trustedProxies, host, port, dataDir, logLevel, maxBodyBytes, maxBatch, dedupWindowMs,
     metricsEnabled, metricsTokenDigest, clientsFile: clientsFile === "" ? null : clientsFile, metricsPerClient, shutdownTimeoutMs, segmentBytes, retentionMs, storageMaxBytes, dedupMaxIds,
     forwardRedisUrl: forwardUrl === "" ? null : forwardUrl, forwardStream, forwardMaxlen, forwardConsumerGroups,
     source: file ?? "environment", fingerprint: "", warnings,
@@ -204,7 +234,7 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
 /** 12 hex characters over every effective setting (keys as digests), the same on every instance. */
 export function fingerprintOf(c: Config): string {
   // The clients file counts by content (in `keys`), not by path.
-  const { keys, source: _source, fingerprint: _fingerprint, warnings: _warnings, clientsFile: _clientsFile, ...settings } = c;
+  const { keys, source: _source, fingerprint: _fingerprint, warnings: _warnings, clientsFile: _clientsFile, trustedProxies: _trusted, ...settings } = c;
   const entries = keys.all().map((e) => [e.digest, e.client, e.revoked, e.notAfter, e.limits.rps, e.limits.burst]);
   const effective = { keys: entries.sort((a, b) => (a[0]! < b[0]! ? -1 : 1)), ...settings };
   return createHash("sha256").update(JSON.stringify(effective)).digest("hex").slice(0, 12);
@@ -225,22 +255,28 @@ function loadKeys(get: (name: VariableName) => string, clientsFile: string, rps:
     else entries.set(digest, anonymousEntry(digest, revoked, defaults));
   };
   for (const name of ["PAYFLUX_API_KEYS", "PAYFLUX_API_KEY"] as const) {
-    for (const entry of keyList(name, get(name), errors, warnings)) allow(configuredDigest(entry)!, false);
+    for (const entry of keyList(name, get(name), errors)) allow(configuredDigest(entry)!, false);
   }
 
   let clients: ClientSpec[] = [];
   if (clientsFile !== "") {
-    let text: string | null = null;
+    // The same rules as for the env file: a file caught mid-write is never applied.
+    let snap: FileSnapshot | null = null;
     try {
-      text = readFileSync(clientsFile, "utf8");
+      snap = readSnapshot(clientsFile);
     } catch (err) {
       errors.push(`cannot read PAYFLUX_CLIENTS_FILE ${clientsFile}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
     }
-    if (text !== null) {
-      const parsed = parseClientsFile(text, clientsFile, MIN_RECOMMENDED_KEY_LENGTH);
+    if (snap !== null) {
+      const torn = tornReason(clientsFile, snap.text);
+      if (torn !== null) errors.push(torn);
+      const parsed = parseClientsFile(snap.text, clientsFile, MIN_KEY_LENGTH);
       errors.push(...parsed.errors);
       warnings.push(...parsed.warnings);
       clients = parsed.clients;
+      if (!unchanged(clientsFile, snap)) {
+        errors.push(`${clientsFile} changed while it was being read (a write in progress?); nothing was applied: write it atomically (temporary file + rename) and reload again`);
+      }
     }
   }
   // A named client replaces an env entry of the same key (it has a name and options); revocation stays.
@@ -260,7 +296,7 @@ function loadKeys(get: (name: VariableName) => string, clientsFile: string, rps:
   const allowedCount = entries.size;
 
   const configured = [...entries.keys()];
-  for (const entry of keyList("PAYFLUX_REVOKED_KEYS", get("PAYFLUX_REVOKED_KEYS"), errors, [])) {
+  for (const entry of keyList("PAYFLUX_REVOKED_KEYS", get("PAYFLUX_REVOKED_KEYS"), errors)) {
     if (!entry.startsWith(KEY_ID_PREFIX)) {
       allow(configuredDigest(entry)!, true);
       continue;
@@ -322,7 +358,7 @@ function consumerGroups(raw: string, errors: string[]): string {
 }
 
 /** Splits a comma-separated key list; problems name the variable and the entry's position, never the key. */
-function keyList(name: string, raw: string, errors: string[], warnings: string[]): string[] {
+function keyList(name: string, raw: string, errors: string[]): string[] {
   if (raw === "") return [];
   const keys: string[] = [];
   raw.split(",").forEach((part, i) => {
@@ -342,8 +378,10 @@ function keyList(name: string, raw: string, errors: string[], warnings: string[]
       else errors.push(`${name} entry ${i + 1} must be ${KEY_ID_PREFIX}<12 hex digits>`);
       return;
     }
-    if (key.length < MIN_RECOMMENDED_KEY_LENGTH) {
-      warnings.push(`${name} entry ${i + 1} is shorter than ${MIN_RECOMMENDED_KEY_LENGTH} characters; use \`payflux keygen\` for a strong key`);
+    if (key.length < MIN_KEY_LENGTH) {
+      // Also for revocations: a short entry is a key cut short (a half-written file) or a key that could never be used.
+      errors.push(`${name} entry ${i + 1} is shorter than ${MIN_KEY_LENGTH} characters (a key cut short?); use \`payflux keygen\` for a strong key`);
+      return;
     }
     keys.push(key);
   });
@@ -353,7 +391,7 @@ function keyList(name: string, raw: string, errors: string[], warnings: string[]
 function number(name: string, raw: string, range: { min: number; max: number }, errors: string[]): number {
   const n = /^\d+(\.\d+)?$/.test(raw) ? Number(raw) : NaN;
   if (!(n >= range.min && n <= range.max)) {
-    errors.push(`${name} must be a number from ${range.min} to ${range.max}, got "${raw.slice(0, 32)}"`);
+    errors.push(`${name} must be a number from ${range.min} to ${range.max}${got(raw)}`);
     return NaN;
   }
   return n;
@@ -362,7 +400,7 @@ function number(name: string, raw: string, range: { min: number; max: number }, 
 function integer(name: string, raw: string, range: { min: number; max: number }, errors: string[]): number {
   const n = /^\d+$/.test(raw) ? Number(raw) : NaN;
   if (!(n >= range.min && n <= range.max)) {
-    errors.push(`${name} must be a whole number from ${range.min} to ${range.max}, got "${raw.slice(0, 32)}"`);
+    errors.push(`${name} must be a whole number from ${range.min} to ${range.max}${got(raw)}`);
     return NaN;
   }
   return n;
@@ -381,7 +419,7 @@ export function parseDuration(raw: string): number | null {
 function duration(name: string, raw: string, range: { minMs: number; maxMs: number }, errors: string[]): number {
   const ms = parseDuration(raw);
   if (ms === null || ms < range.minMs || ms > range.maxMs) {
-    errors.push(`${name} must be a duration from ${formatMs(range.minMs)} to ${formatMs(range.maxMs)} such as 90s, 15m or 24h, got "${raw.slice(0, 32)}"`);
+    errors.push(`${name} must be a duration from ${formatMs(range.minMs)} to ${formatMs(range.maxMs)} such as 90s, 15m or 24h${got(raw)}`);
     return NaN;
   }
   return ms;
@@ -399,7 +437,7 @@ export function parseBytes(raw: string): number | null {
 function bytes(name: string, raw: string, range: { min: number; max: number }, errors: string[]): number {
   const n = parseBytes(raw);
   if (n === null || n < range.min || n > range.max) {
-    errors.push(`${name} must be a size from ${range.min} bytes such as 65536, 64MiB or 10GiB, got "${raw.slice(0, 32)}"`);
+    errors.push(`${name} must be a size from ${range.min} bytes such as 65536, 64MiB or 10GiB${got(raw)}`);
     return NaN;
   }
   return n;
@@ -451,6 +489,15 @@ export function urlSecrets(raw: string): string[] {
   return [...out];
 }
 
+/**
+ * What a bad value looks like, without the value: any variable can end up
+ * holding a secret (a key pasted into the wrong variable, or joined to it by
+ * a trailing backslash), so values are never quoted, only their length.
+ */
+function got(raw: string): string {
+  return `; the value given (${raw.length} characters) is not one`;
+}
+
 function formatMs(ms: number): string {
   for (const [unit, size] of [["d", 86_400_000], ["h", 3_600_000], ["m", 60_000], ["s", 1000]] as const) {
     if (ms % size === 0) return `${ms / size}${unit}`;
@@ -462,7 +509,7 @@ function boolean(name: string, raw: string, errors: string[]): boolean {
   const v = raw.toLowerCase();
   if (["true", "1", "yes", "on"].includes(v)) return true;
   if (["false", "0", "no", "off"].includes(v)) return false;
-  errors.push(`${name} must be true or false, got "${raw.slice(0, 32)}"`);
+  errors.push(`${name} must be true or false${got(raw)}`);
   return false;
 }
 

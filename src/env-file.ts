@@ -22,13 +22,15 @@ export function parseEnvFile(text: string, fileName: string): EnvFileResult {
     let line = (lines[i] ?? "").trimStart();
     if (line === "" || line.startsWith("#") || line.startsWith(";")) continue;
     const eq = line.indexOf("=");
+    // No message quotes the line, a name or a value: a key wrapped onto a line
+    // of its own (base64 ends in `=`) would otherwise be printed.
     if (eq < 0) {
-      errors.push(`${fileName}:${lineNo}: expected KEY=VALUE`);
+      errors.push(`${fileName}:${lineNo}: expected KEY=VALUE, found a line without "=" (a value wrapped onto its own line? join it to its line)`);
       continue;
     }
     const key = line.slice(0, eq).trim();
     if (!KEY.test(key)) {
-      errors.push(`${fileName}:${lineNo}: "${key.slice(0, 40)}" is not a valid variable name`);
+      errors.push(`${fileName}:${lineNo}: the text before "=" is not a variable name (letters, digits and _, not starting with a digit; a value wrapped onto its own line?)`);
       continue;
     }
     let rest = line.slice(eq + 1).trimStart();
@@ -60,12 +62,12 @@ export function parseEnvFile(text: string, fileName: string): EnvFileResult {
         pos = 0;
       }
       if (!closed) {
-        errors.push(`${fileName}:${lineNo}: ${key} has an unterminated ${quote === '"' ? "double" : "single"} quote`);
+        errors.push(`${fileName}:${lineNo}: the value has an unterminated ${quote === '"' ? "double" : "single"} quote`);
         continue;
       }
       const trailing = rest.slice(pos + 1).trim();
       if (trailing !== "" && !trailing.startsWith("#")) {
-        errors.push(`${fileName}:${lineNo}: ${key} has text after its closing quote`);
+        errors.push(`${fileName}:${lineNo}: the value has text after its closing quote`);
         continue;
       }
       values[key] = value;

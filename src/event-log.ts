@@ -160,6 +160,8 @@ export class EventLog {
   private closedBytes = 0;
   private closedCount = 0;
   private lastScanAt = 0;
+  /** Size of the last append refused as storage_full; 0 once one fits (see `full`). */
+  private refusedBytes = 0;
   private queue: Pending[] = [];
   private queuedBytes = 0;
   private scheduled = false;
@@ -258,7 +260,11 @@ export class EventLog {
     const data = frame(records);
     const bytes = Buffer.byteLength(data);
     if (bytes > this.limits.maxBytes) return Promise.reject(new LargerThanStoreError("larger than PAYFLUX_STORAGE_MAX_BYTES"));
-    if (this.wouldExceed(bytes)) return Promise.reject(new StorageFullError("the event log is at PAYFLUX_STORAGE_MAX_BYTES"));
+    if (this.wouldExceed(bytes)) {
+      this.refusedBytes = bytes;
+      return Promise.reject(new StorageFullError("the event log is at PAYFLUX_STORAGE_MAX_BYTES"));
+    }
+    this.refusedBytes = 0;
     return new Promise<void>((resolve, reject) => {
       this.queue.push({ data, bytes, records: records.length, resolve, reject });
       this.queuedBytes += bytes;
@@ -267,6 +273,17 @@ export class EventLog {
         setImmediate(() => this.flush());
       }
     });
+  }
+
+  /**
+   * True while the last append was refused as storage_full and the same
+   * bytes still would not fit (the disk is looked at again at most every
+   * RESCAN_INTERVAL_MS, so room made by retention or an operator shows).
+   */
+  get full(): boolean {
+    if (this.refusedBytes === 0) return false;
+    if (!this.wouldExceed(this.refusedBytes)) this.refusedBytes = 0;
+    return this.refusedBytes !== 0;
   }
 
   private wouldExceed(bytes: number): boolean {

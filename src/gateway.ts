@@ -2,6 +2,7 @@ import type { Config } from "./config.ts";
 import type { DedupIndex } from "./dedup.ts";
 import type { EventLog } from "./event-log.ts";
 import type { Forwarder } from "./forwarder.ts";
+import type { AddressLimiter } from "./address-limiter.ts";
 import type { RateLimiter } from "./limiter.ts";
 import type { Logger, LogThrottle } from "./logger.ts";
 import type { Metrics } from "./metrics.ts";
@@ -14,6 +15,8 @@ import type { Metrics } from "./metrics.ts";
 export interface Gateway {
   config: Config;
   readonly limiter: RateLimiter;
+  /** Failed authentications per client address (PAYFLUX_AUTH_FAIL_*). */
+  readonly authFailures: AddressLimiter;
   readonly dedup: DedupIndex;
   readonly log: EventLog;
   /** The Redis Streams forwarder, or null when PAYFLUX_FORWARD_REDIS_URL is empty. */
@@ -22,6 +25,6 @@ export interface Gateway {
   readonly logger: Logger;
   readonly throttle: LogThrottle;
   readonly startedAt: number;
-  /** Client IP of a request, for denial logs; computed only when logged. */
+  /** Client IP of a request (X-Forwarded-For only from PAYFLUX_TRUST_PROXY), for the failed-login limit and logs. */
   clientAddress(request: Request): string | null;
 }

@@ -6,7 +6,7 @@ import { VERSION } from "./version.ts";
 /**
  * GET/HEAD /health for load balancers: 200 while the event log can be
  * written, 503 "unhealthy" when it cannot (the instance could not acknowledge
- * an event). With forwarding on, a forwarder that cannot reach Redis makes the
+ * an event), 503 "full" while writes are refused with storage_full. With forwarding on, a forwarder that cannot reach Redis makes the
  * instance "degraded", still 200: it keeps accepting and storing events and
  * forwards them once Redis is back. `config_fingerprint` lets operators check
  * that every instance runs the same config; `keys_fingerprint` leaves out
@@ -26,6 +26,10 @@ export function handleHealth(gw: Gateway): Response {
   if (!writable) {
     const cause = (gw.log.failure as NodeJS.ErrnoException | null)?.code ?? "write failed";
     return json(503, { status: "unhealthy", reason: `event log cannot be written (${cause})`, ...base }, headers);
+  }
+  if (gw.log.full) {
+    // Not ready: every write is refused with storage_full, so the balancer should send the keys elsewhere.
+    return json(503, { status: "full", reason: "the event log is at PAYFLUX_STORAGE_MAX_BYTES; writes are refused with storage_full until retention or an operator frees room", ...base }, { ...headers, "retry-after": "5" });
   }
   if (forwarder?.state === "down") {
     return json(200, { status: "degraded", reason: "the forwarder cannot reach Redis; events are stored and forwarded once it is back", ...base }, headers);

@@ -1,4 +1,5 @@
 import { keyIdOf, type AuthResult, type DenialReason } from "./auth.ts";
+import { authFailed, authThrottled } from "./auth-throttle.ts";
 import { readBody } from "./body.ts";
 import type { Config } from "./config.ts";
 import { dedupKey, validateEvent, type FieldError, type PaymentEvent } from "./events.ts";
@@ -27,8 +28,13 @@ export async function handleIngest(gw: Gateway, request: Request, route: IngestR
   const started = performance.now();
   try {
     const config = gw.config; // one config for the whole request, even if a reload swaps it meanwhile
+    const throttled = authThrottled(gw, request, route);
+    if (throttled !== null) return throttled;
     const auth = config.keys.authenticate(request.headers.get("authorization"));
-    if (!auth.ok) return deny(gw, config, request, route, auth);
+    if (!auth.ok) {
+      authFailed(gw, request);
+      return deny(gw, config, request, route, auth);
+    }
 
     const { client, limits, metricLabel } = auth.entry;
     const decision = gw.limiter.take(auth.entry.bucket, started, limits);

@@ -25,6 +25,9 @@ export const REJECT_REASONS = [
 ] as const;
 export type RejectReason = (typeof REJECT_REASONS)[number];
 
+/** Problem code (and log key) of a 429 from the failed-login limit (PAYFLUX_AUTH_FAIL_*). */
+export const AUTH_THROTTLED = "auth_throttled";
+
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
 
 export type Metrics = ReturnType<typeof createMetrics>;
@@ -103,6 +106,11 @@ export function createMetrics() {
       name: "payflux_auth_denied_total",
       help: "Ingest requests denied by authentication, by reason",
       labelNames: ["reason"] as const,
+      registers: [registry],
+    }),
+    authThrottled: new Counter({
+      name: "payflux_auth_throttled_total",
+      help: "Ingest requests refused with 429 auth_throttled before authentication: their address had too many failed authentications (PAYFLUX_AUTH_FAIL_RPS/BURST)",
       registers: [registry],
     }),
     accepted: new Counter({

@@ -16,6 +16,7 @@ const SETTINGS = Object.keys(SETTING_VARIABLE) as (keyof typeof SETTING_VARIABLE
 export function applyConfig(gw: Gateway, next: Config): void {
   gw.config = next;
   gw.limiter.reconfigure(next.ingestRps, next.ingestBurst, next.keys.liveBuckets());
+  gw.authFailures.reconfigure(next.authFailRps, next.authFailBurst);
   gw.dedup.setLimits(next.dedupWindowMs, next.dedupMaxIds);
   gw.log.setLimits(logLimits(next));
   gw.logger.level = next.logLevel;
@@ -29,12 +30,7 @@ export function applyConfig(gw: Gateway, next: Config): void {
 export function reloadConfig(gw: Gateway, env: Record<string, string | undefined>, configFile: string | undefined): boolean {
   const result = loadConfig(env, configFile);
   const { metrics, logger } = gw;
-  if (!result.ok) {
-    metrics.reloads.inc({ result: "failure" });
-    metrics.lastReloadSuccessful.set(0);
-    logger.error({ errors: result.errors }, `config reload failed, keeping the config in force: ${result.errors.join("; ")}`);
-    return false;
-  }
+  if (!result.ok) return reloadFailed(gw, result.errors);
   const prev = gw.config;
   const candidate = result.config;
   // Restart-only settings keep their running value.
@@ -96,6 +92,14 @@ export function keyChanges(prev: Config, next: Config) {
   }
   for (const d of before.keys()) if (!after.has(d)) counts.keys_removed++;
   return counts;
+}
+
+/** A reload that changes nothing: counted, and one error line (the errors never quote a value). */
+export function reloadFailed(gw: Gateway, errors: string[]): false {
+  gw.metrics.reloads.inc({ result: "failure" });
+  gw.metrics.lastReloadSuccessful.set(0);
+  gw.logger.error({ errors }, `config reload failed, keeping the config in force: ${errors.join("; ")}`);
+  return false;
 }
 
 export function logLimits(c: Config): LogLimits {

@@ -115,8 +115,22 @@ async function startOnNodeHttp(host: string, port: number, fetch: FetchHandler):
 /** Seconds of silence after which a connection is closed (Bun.serve's default, applied on Deno too). */
 const IDLE_TIMEOUT_MS = 10_000;
 
-/** The path (and query) of a request target, origin-form or absolute-form; null when it is neither. */
+/**
+ * A path with a dot segment (`/./`, `/../`, also percent-encoded), an encoded
+ * slash or backslash, or a backslash: URL parsing would turn `/x/../metrics`
+ * or `/x\..\metrics` into `/metrics` after a proxy rule matched the raw target.
+ */
+const AMBIGUOUS_PATH = /(^|\/|\\)(\.|%2e){1,2}(\/|\\|$)|%2f|%5c|\\/i;
+
+/**
+ * The path (and query) of a request target, origin-form or absolute-form;
+ * null (answered 400) when it is neither, or when its path is ambiguous (see
+ * AMBIGUOUS_PATH). Bun normalises such targets before any handler runs, so
+ * there only the proxy in front can refuse them (deploy/).
+ */
 function requestPath(target: string): string | null {
+  const q = target.indexOf("?");
+  if (AMBIGUOUS_PATH.test(q < 0 ? target : target.slice(0, q))) return null;
   if (target.startsWith("/")) return target;
   try {
     const url = new URL(target);

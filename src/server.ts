@@ -7,9 +7,11 @@ import { EventLog } from "./event-log.ts";
 import { Forwarder } from "./forwarder.ts";
 import type { Gateway } from "./gateway.ts";
 import { RateLimiter } from "./limiter.ts";
+import { AddressLimiter } from "./address-limiter.ts";
 import { createLogger, LogThrottle } from "./logger.ts";
 import { createMetrics } from "./metrics.ts";
-import { applyConfig, keyStates, logLimits, reloadConfig } from "./reload.ts";
+import { applyConfig, keyStates, logLimits, reloadConfig, reloadFailed } from "./reload.ts";
+import { SETTLE_MAX_MS, waitUntilQuiet } from "./config-file.ts";
 import { AddressInUseError, startHttpServer, type HttpServer } from "./runtime.ts";
 import { EXIT } from "./exit-codes.ts";
 import { RUNTIME, VERSION } from "./version.ts";
@@ -31,6 +33,9 @@ export async function serve(configFile: string | undefined): Promise<void> {
   process.on("SIGINT", () => onStop("SIGINT"));
 
   const env = process.env;
+  // A file being written right now (a restart during an edit) is read once it is quiet.
+  const file = configFile ?? (env.PAYFLUX_CONFIG || undefined);
+  if (file !== undefined) await waitUntilQuiet(file);
   const loaded = loadConfig(env, configFile);
   if (!loaded.ok) {
     for (const w of loaded.warnings) console.error(`warning: ${w}`);
@@ -107,6 +112,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
   const gw: Gateway = {
     config,
     limiter: new RateLimiter(config.ingestRps, config.ingestBurst),
+    authFailures: new AddressLimiter(config.authFailRps, config.authFailBurst),
     dedup,
     log,
     forwarder,
@@ -114,7 +120,8 @@ export async function serve(configFile: string | undefined): Promise<void> {
     logger,
     throttle: new LogThrottle(() => logger),
     startedAt: Date.now(),
-    clientAddress: (request) => server?.clientAddress(originalRequest(request)) ?? null,
+    clientAddress: (request) =>
+      gw.config.trustedProxies.clientOf(server?.clientAddress(originalRequest(request)) ?? null, request.headers.get("x-forwarded-for")),
   };
   metrics.sources.config = () => gw.config;
   applyConfig(gw, config);
@@ -156,14 +163,17 @@ export async function serve(configFile: string | undefined): Promise<void> {
   const recheck = setInterval(() => log.recheck(), 1000);
   recheck.unref?.();
 
-  // A burst of SIGHUPs coalesces into reloads of the file's latest content.
+  // A burst of SIGHUPs coalesces into reloads of the file's latest content,
+  // read once the file has stopped changing (a writer may be half-way).
   let reloadQueued = false;
   onReload = () => {
     if (reloadQueued) return;
     reloadQueued = true;
-    setTimeout(() => {
+    setTimeout(async () => {
+      const quiet = file === undefined || (await waitUntilQuiet(file));
       reloadQueued = false;
-      reloadConfig(gw, env, configFile);
+      if (quiet) reloadConfig(gw, env, configFile);
+      else reloadFailed(gw, [`${file} kept changing for ${SETTLE_MAX_MS / 1000} s; nothing was applied: write it atomically (temporary file + rename) and reload again`]);
     }, 0);
   };
 

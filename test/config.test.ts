@@ -190,14 +190,12 @@ describe("serve refuses invalid values with exit 78", () => {
 });
 
 describe("warnings", () => {
-  test("a key under 16 characters starts, with a warning line that does not quote it", async () => {
+  test("a key under 16 characters is refused (exit 78) with a message that does not quote it", async () => {
     const short = "short-k3y-77"; // 12 characters
-    const server = await startServer({ env: { PAYFLUX_API_KEYS: short } });
-    const warning = await server.waitForLog((l) => l.level === "warn" && /16/.test(String(l.msg)));
-    expect(warning.msg).toContain("PAYFLUX_API_KEYS");
-    expect((await post(server, SINGLE, event(), { key: short })).status).toBe(202);
-    expect(await server.stop()).toBe(0);
-    expect(server.stdout.join("\n") + server.stderr()).not.toContain(short);
+    const r = await runServe({ PAYFLUX_API_KEYS: `${KEY},${short}` });
+    expect(r.code).toBe(EXIT_CONFIG);
+    expect(r.stderr).toContain("PAYFLUX_API_KEYS entry 2 is shorter than 16 characters");
+    expect(r.output).not.toContain(short);
   });
 
   test("unknown PAYFLUX_RATELIMIT_RPS warns: did you mean PAYFLUX_INGEST_RPS", async () => {

@@ -37,6 +37,8 @@ describe("a run full of denials", () => {
         PAYFLUX_API_KEYS: `${KEY_A}, ${KEY_B}`,
         PAYFLUX_REVOKED_KEYS: REVOKED,
         PAYFLUX_METRICS_TOKEN: METRICS_TOKEN,
+        // Every denial here must reach the key check (the failed-login limit has its own test).
+        PAYFLUX_AUTH_FAIL_BURST: "0",
       },
     });
     const requests: (() => Promise<number>)[] = [];

@@ -1,6 +1,6 @@
 /**
  * The systemd files we ship: the unit is hardened (systemd-analyze security
- * <= 2.0) and verifies clean, it has the operational settings the issue asks
+ * <= 1.1) and verifies clean, it has the operational settings the issue asks
  * for, and payflux.env.example, README.md and the config loader name exactly
  * the same variables (the old service's docs and code disagreed).
  */
@@ -65,12 +65,12 @@ const single = (key: string) => {
 };
 
 describe("systemd-analyze", () => {
-  test("security --offline=true rates payflux.service 2.0 or lower", () => {
+  test("security --offline=true rates payflux.service 1.1 or lower (issue 8 asked for 1.3 at most)", () => {
     const r = run([systemdAnalyze(), "security", "--offline=true", "systemd/payflux.service"]);
     const m = (r.stdout + r.stderr).match(/Overall exposure level for payflux\.service: (\d+\.\d+)/);
     if (!m) throw new Error(`no exposure level in the output (exit ${r.code}):\n${r.stdout}\n${r.stderr}`);
     const exposure = Number(m[1]);
-    expect(exposure).toBeLessThanOrEqual(2.0);
+    expect(exposure).toBeLessThanOrEqual(1.1);
   });
 
   test("verify is clean on the unit (with ExecStart pointing at dist/payflux)", () => {

@@ -14,6 +14,8 @@ declare -A NEEDED=(
   [haproxy]=haproxy
   [wrk]=wrk
   [strace]=strace
+  [setpriv]=util-linux
+  [unshare]=util-linux
 )
 
 missing=()
