@@ -303,7 +303,7 @@ describe(`a real Prometheus scraping the service (${TARGET})`, () => {
     },
     [`sum by (instance, state) (payflux_api_keys${I})`]: (r) => {
       expect(Object.fromEntries(r.map((s) => [`${s.metric.instance === IA ? "A" : "B"} ${s.metric.state}`, s.value]))).toEqual({
-        "A active": 3, "A revoked": 1, "B active": 1, "B revoked": 0,
+        "A active": 3, "A expired": 0, "A revoked": 1, "B active": 1, "B expired": 0, "B revoked": 0,
       });
     },
     [`payflux_config_info${I}`]: (r) => {
