@@ -76,7 +76,7 @@ describe("payflux-clients dashboard", () => {
     const clients = join(tempDir("payflux-grafana-"), "clients");
     writeFileSync(
       clients,
-      [`acme ${sha(key("acme"))} rps=0.001 burst=2`, `globex ${sha(key("globex"))} not_after=2999-01-01T00:00:00Z`, `old ${sha(key("old"))} revoked`].join("\n"),
+      [`acme ${sha(key("acme"))} rps=0.001 burst=2`, `globex ${sha(key("globex"))} not_after=2999-01-01T00:00:00Z`, `old ${sha(key("old"))} revoked`].join("\n") + "\n",
     );
     const server = await startServer({ env: { PAYFLUX_CLIENTS_FILE: clients, PAYFLUX_METRICS_PER_CLIENT: "true" } });
     for (let i = 0; i < 3; i++) await post(server, SINGLE, event(), { key: key("acme") }); // 2 accepted, 1 rate limited

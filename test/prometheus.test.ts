@@ -13,6 +13,7 @@
  * disagreement alert's expression returns both.
  */
 import { afterAll, describe, expect, test } from "bun:test";
+import { createHash } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Redis } from "ioredis";
@@ -30,6 +31,9 @@ const K2 = "prom-test-key-two-0123456789abcdef";
 const K3 = "prom-test-key-three-0123456789abcd";
 const KR = "prom-test-key-revoked-0123456789ab";
 const KB = "prom-test-key-instance-b-01234567";
+const KG = "prom-test-key-client-globex-01234";
+/** globex's not_after: 3 days from now, whole seconds. */
+const EXPIRES_AT = Math.floor(Date.now() / 1000) + 3 * 86_400;
 const WRONG = "prom-test-key-wrong-0123456789abc";
 const TOKEN = "prom-test-metrics-token-0123456789";
 const BURST = 20;
@@ -89,9 +93,12 @@ describe(`a real Prometheus scraping the service (${TARGET})`, () => {
       PAYFLUX_DEDUP_MAX_IDS: String(DEDUP_MAX),
     };
     writeFileSync(configFile, envText(baseVars), { mode: 0o600 });
+    // B has one named client whose key retires itself in 3 days (PayFluxClientKeyExpiringSoon's series).
+    const clientsFile = join(dir, "clients");
+    writeFileSync(clientsFile, `globex sha256:${createHash("sha256").update(KG).digest("hex")} not_after=${new Date(EXPIRES_AT * 1000).toISOString()}\n`, { mode: 0o600 });
     [a, b] = await Promise.all([
       startServer({ target: TARGET, args: ["--config", configFile] }),
-      startServer({ target: TARGET, env: { PAYFLUX_API_KEYS: KB } }),
+      startServer({ target: TARGET, env: { PAYFLUX_API_KEYS: KB, PAYFLUX_CLIENTS_FILE: clientsFile } }),
     ]);
     IA = `127.0.0.1:${a.port}`;
     IB = `127.0.0.1:${b.port}`;
@@ -303,7 +310,7 @@ describe(`a real Prometheus scraping the service (${TARGET})`, () => {
     },
     [`sum by (instance, state) (payflux_api_keys${I})`]: (r) => {
       expect(Object.fromEntries(r.map((s) => [`${s.metric.instance === IA ? "A" : "B"} ${s.metric.state}`, s.value]))).toEqual({
-        "A active": 3, "A expired": 0, "A revoked": 1, "B active": 1, "B expired": 0, "B revoked": 0,
+        "A active": 3, "A expired": 0, "A revoked": 1, "B active": 2, "B expired": 0, "B revoked": 0,
       });
     },
     [`payflux_config_info${I}`]: (r) => {
@@ -334,6 +341,10 @@ describe(`a real Prometheus scraping the service (${TARGET})`, () => {
       expect(r[0]!.value).toBe(READ_BY_CONSUMER);
     },
     'up{job="payflux"}': (r) => expect(both(r)).toEqual({ A: 1, B: 1 }),
+    "(min by (client) (payflux_client_key_expiry_timestamp_seconds) - time()) < 7 * 86400 > 0": (r) => {
+      expect(r.map((s) => s.metric)).toEqual([{ client: "globex" }]);
+      expect(Math.abs(r[0]!.value - (EXPIRES_AT - Date.now() / 1000))).toBeLessThan(120);
+    },
     "rate(payflux_ingest_rate_limited_total[5m])": (r) => (expect(r.length).toBe(4), rateLimitedByEndpoint(r, 300)),
     "rate(payflux_ingest_rejected_total[5m])": (r) => {
       expect(r.length).toBe(2 * ALL_REJECT_REASONS.length);
