@@ -10,7 +10,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
 import { renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { baseEnv, command, E2E_TARGETS, ensureBinary, KEY, startServer, stopAll, tempDir, until, type Target } from "./support/harness.ts";
+import { E2E_TARGETS, KEY, runBounded, startServer, stopAll, tempDir, until, type Target } from "./support/harness.ts";
 
 afterAll(stopAll);
 
@@ -61,18 +61,8 @@ function writeAtomic(file: string, text: string): void {
 }
 
 async function run(target: Target, args: string[]): Promise<{ code: number; output: string }> {
-  if (target.endsWith("-binary")) await ensureBinary(target as "bun-binary");
-  const dataDir = tempDir();
-  const p = Bun.spawn([...command(target, dataDir), ...args], {
-    env: baseEnv({ PAYFLUX_HOST: "127.0.0.1", PAYFLUX_PORT: "0", PAYFLUX_DATA_DIR: dataDir }),
-    stdout: "pipe",
-    stderr: "pipe",
-    stdin: "ignore",
-  });
-  const timer = setTimeout(() => p.kill("SIGKILL"), 20_000);
-  const [code, out, err] = await Promise.all([p.exited, new Response(p.stdout).text(), new Response(p.stderr).text()]);
-  clearTimeout(timer);
-  return { code, output: out + err };
+  const r = await runBounded(args, {}, 20_000, target);
+  return { code: r.code, output: r.stdout + r.stderr };
 }
 
 for (const target of E2E_TARGETS) {

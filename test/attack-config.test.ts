@@ -11,7 +11,7 @@ import { closeSync, openSync, renameSync, utimesSync, writeFileSync, writeSync }
 import { join } from "node:path";
 import { readSnapshot, tornReason, unchanged } from "../src/config-file.ts";
 import {
-  baseEnv, command, E2E_TARGETS, ensureBinary, event, metric, metricsText, post, SINGLE, startServer, stopAll, tempDir, until, type Server, type Target,
+  E2E_TARGETS, event, metric, metricsText, post, runBounded, SINGLE, startServer, stopAll, tempDir, until, type Server, type Target,
 } from "./support/harness.ts";
 
 afterAll(stopAll);
@@ -27,21 +27,7 @@ const OK = 'payflux_config_reloads_total{result="success"}';
 const OLD = `PAYFLUX_API_KEYS=${A},${B}\nPAYFLUX_REVOKED_KEYS=${B}\n`;
 const NEW = `PAYFLUX_API_KEYS=${A},${B},${C}\nPAYFLUX_REVOKED_KEYS=${B}\n`;
 
-/** Runs the CLI of `target` to completion (bounded), on a free port with a temp data dir. */
-async function runTarget(target: Target, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  if (target.endsWith("-binary")) await ensureBinary(target as "bun-binary");
-  const dataDir = tempDir();
-  const p = Bun.spawn([...command(target, dataDir), ...args], {
-    env: baseEnv({ PAYFLUX_HOST: "127.0.0.1", PAYFLUX_PORT: "0", PAYFLUX_DATA_DIR: dataDir }),
-    stdout: "pipe",
-    stderr: "pipe",
-    stdin: "ignore",
-  });
-  const timer = setTimeout(() => p.kill("SIGKILL"), 20_000);
-  const [code, stdout, stderr] = await Promise.all([p.exited, new Response(p.stdout).text(), new Response(p.stderr).text()]);
-  clearTimeout(timer);
-  return { code, stdout, stderr };
-}
+const runTarget = (target: Target, args: string[]) => runBounded(args, {}, 20_000, target);
 
 async function status(server: Server, key: string): Promise<number> {
   return (await post(server, SINGLE, event(), { key })).status;

@@ -238,13 +238,15 @@ export async function stopAll(): Promise<void> {
 }
 
 /**
- * Runs the source CLI to completion on a free loopback port with a temp data
- * dir. A process still running after `timeoutMs` (it started a server when it
+ * Runs the CLI (the source on Bun, or another target) to completion on a free
+ * loopback port with a temp data dir. A process still running after `timeoutMs` (it started a server when it
  * should have refused) is killed, so the test fails instead of hanging.
  */
-export async function runBounded(args: string[], env: Record<string, string>, timeoutMs = 10_000) {
-  const p = Bun.spawn([...command(), ...args], {
-    env: baseEnv({ PAYFLUX_HOST: "127.0.0.1", PAYFLUX_PORT: "0", PAYFLUX_DATA_DIR: tempDir(), ...env }),
+export async function runBounded(args: string[], env: Record<string, string>, timeoutMs = 10_000, target: Target = "bun") {
+  if (target.endsWith("-binary")) await ensureBinary(target as "bun-binary" | "deno-binary");
+  const dataDir = tempDir();
+  const p = Bun.spawn([...command(target, dataDir), ...args], {
+    env: baseEnv({ PAYFLUX_HOST: "127.0.0.1", PAYFLUX_PORT: "0", PAYFLUX_DATA_DIR: dataDir, ...env }),
     stdout: "pipe",
     stderr: "pipe",
     stdin: "ignore",
