@@ -2,7 +2,7 @@ import {
   closeSync, fdatasync, fdatasyncSync, fsyncSync, fstatSync, ftruncateSync, mkdirSync, openSync, readdirSync, readSync, statSync, unlinkSync, writeSync,
 } from "node:fs";
 import { join } from "node:path";
-import { crc32 } from "node:zlib";
+import { frame, unframe } from "./record.ts";
 
 /**
  * Append-only event log in PAYFLUX_DATA_DIR: NDJSON segment files named
@@ -22,8 +22,6 @@ import { crc32 } from "node:zlib";
  * half-written is ever acknowledged or followed by more data.
  */
 const SEGMENT_NAME = /^segment-(\d{20})\.ndjson$/;
-/** `,"crc":"xxxxxxxx"}` closes every line. */
-const CRC_SUFFIX_BYTES = 18;
 const NEWLINE = 0x0a;
 /** Health probes that touch the disk run at most this often. */
 const PROBE_INTERVAL_MS = 1000;
@@ -88,30 +86,6 @@ export function listSegments(dir: string): number[] {
     .filter((s): s is string => s !== undefined)
     .map(Number)
     .sort((a, b) => a - b);
-}
-
-/** Frames records (JSON object texts) as log lines. zlib's crc32 is native on Bun, Deno and Node. */
-export function frame(records: string[]): string {
-  let out = "";
-  for (const record of records) {
-    const body = record.slice(0, -1); // without the closing brace
-    out += `${body},"crc":"${crc32(body).toString(16).padStart(8, "0")}"}\n`;
-  }
-  return out;
-}
-
-/** The record of one line (without its newline), with the crc member removed; null if the line is damaged. */
-export function unframe(line: Uint8Array): Buffer | null {
-  const n = line.length;
-  if (n <= CRC_SUFFIX_BYTES + 1 || line[n - 1] !== 0x7d /* } */) return null;
-  const suffix = Buffer.from(line.buffer, line.byteOffset + n - CRC_SUFFIX_BYTES, CRC_SUFFIX_BYTES).toString("latin1");
-  if (!suffix.startsWith(',"crc":"') || !suffix.endsWith('"}')) return null;
-  const hex = suffix.slice(8, 16);
-  if (!/^[0-9a-f]{8}$/.test(hex) || crc32(line.subarray(0, n - CRC_SUFFIX_BYTES)) !== Number.parseInt(hex, 16)) return null;
-  const record = Buffer.allocUnsafe(n - CRC_SUFFIX_BYTES + 1);
-  record.set(line.subarray(0, n - CRC_SUFFIX_BYTES));
-  record[n - CRC_SUFFIX_BYTES] = 0x7d;
-  return record;
 }
 
 /** Splits `buf` into lines; returns the valid records, the damaged-line count and where the last whole line ends. */

@@ -8,6 +8,7 @@ import { LargerThanStoreError, StorageFullError } from "./event-log.ts";
 import { rateLimitHeader } from "./limiter.ts";
 import { countClientRequest, type IngestRoute, type RejectReason } from "./metrics.ts";
 import { json, problem } from "./problem.ts";
+import { toRecord } from "./record.ts";
 
 /** Validation errors listed in one 422 response at most (the count is always exact). */
 const MAX_LISTED_ERRORS = 1000;
@@ -196,18 +197,4 @@ function storageFailure(gw: Gateway, err: unknown): Response {
   }
   gw.throttle.error("storage", { err: (err as Error).message, data_dir: gw.log.dir }, "event log write failed");
   return reject(gw, 503, "storage_unavailable", "events could not be stored durably; nothing was stored, retry later", {}, { "retry-after": "1" });
-}
-
-/** Fields the service writes into every stored record; a client's own values of these names are replaced. */
-const RESERVED = ["received_at", "key_id", "crc"] as const;
-
-/** The stored form of an event: as sent, then `received_at` and `key_id` last (readers rely on that order). */
-function toRecord(event: PaymentEvent, receivedAt: string, keyId: string): string {
-  let e: Record<string, unknown> = event;
-  if (RESERVED.some((f) => f in e)) {
-    e = { ...e };
-    for (const f of RESERVED) delete e[f];
-  }
-  const json = JSON.stringify(e);
-  return `${json.slice(0, -1)},"received_at":"${receivedAt}","key_id":"${keyId}"}`;
 }

@@ -1,9 +1,58 @@
+import { crc32 } from "node:zlib";
+import type { PaymentEvent } from "./events.ts";
+
 /**
- * Reading facts back out of a stored record (one event as the event log keeps
- * it, framing removed): `{...the event as sent...,"received_at":"<ISO 8601,
- * 24 chars>","key_id":"<12 hex>"}`. The service writes every record with
- * JSON.stringify, so member names are never escaped.
+ * The stored record, in one place: how an event becomes a record, how a
+ * record is framed as a line of the event log (and checked when read), and
+ * how facts are read back out of it. A record is
+ * `{...the event as sent...,"received_at":"<ISO 8601, 24 chars>","key_id":"<12 hex>"}`,
+ * a line is the record with `,"crc":"<8 hex>"` before its closing brace and a
+ * newline after it. Records are written with JSON.stringify, so member names
+ * are never escaped.
  */
+
+/** `,"crc":"xxxxxxxx"}` closes every line. */
+const CRC_SUFFIX_BYTES = 18;
+
+/** Fields the service writes into every stored record; a client's own values of these names are replaced. */
+const RESERVED = ["received_at", "key_id", "crc"] as const;
+
+/** The stored form of an event: as sent, then `received_at` and `key_id` last (readers rely on that order). */
+export function toRecord(event: PaymentEvent, receivedAt: string, keyId: string): string {
+  let e: Record<string, unknown> = event;
+  if (RESERVED.some((f) => f in e)) {
+    e = { ...e };
+    for (const f of RESERVED) delete e[f];
+  }
+  const json = JSON.stringify(e);
+  return `${json.slice(0, -1)},"received_at":"${receivedAt}","key_id":"${keyId}"}`;
+}
+
+/** Frames records (JSON object texts) as log lines. zlib's crc32 is native on Bun, Deno and Node. */
+export function frame(records: string[]): string {
+  let out = "";
+  for (const record of records) {
+    const body = record.slice(0, -1); // without the closing brace
+    out += `${body},"crc":"${crc32(body).toString(16).padStart(8, "0")}"}\n`;
+  }
+  return out;
+}
+
+/** The record of one line (without its newline), with the crc member removed; null if the line is damaged. */
+export function unframe(line: Uint8Array): Buffer | null {
+  const n = line.length;
+  if (n <= CRC_SUFFIX_BYTES + 1 || line[n - 1] !== 0x7d /* } */) return null;
+  const suffix = Buffer.from(line.buffer, line.byteOffset + n - CRC_SUFFIX_BYTES, CRC_SUFFIX_BYTES).toString("latin1");
+  if (!suffix.startsWith(',"crc":"') || !suffix.endsWith('"}')) return null;
+  const hex = suffix.slice(8, 16);
+  if (!/^[0-9a-f]{8}$/.test(hex) || crc32(line.subarray(0, n - CRC_SUFFIX_BYTES)) !== Number.parseInt(hex, 16)) return null;
+  const record = Buffer.allocUnsafe(n - CRC_SUFFIX_BYTES + 1);
+  record.set(line.subarray(0, n - CRC_SUFFIX_BYTES));
+  record[n - CRC_SUFFIX_BYTES] = 0x7d;
+  return record;
+}
+
+
 const TAIL = ',"received_at":"';
 /** `,"received_at":"` + 24 + `","key_id":"` + 12 + `"}` */
 const TAIL_BYTES = 16 + 24 + 12 + 12 + 2;

@@ -8,7 +8,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { appendFileSync, readdirSync, readFileSync, statSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
 import { crc32 as zlibCrc32 } from "node:zlib";
-import { frame as frameText, unframe } from "../src/event-log.ts";
+import { frame as frameText, unframe } from "../src/record.ts";
 import { BATCH, event, metric, metricsText, post, SINGLE, startServer, stopAll, storedEvents, tempDir, type Server } from "./support/harness.ts";
 
 afterAll(stopAll);

@@ -12,7 +12,7 @@ import { connect } from "node:net";
 import { connect as tlsConnect } from "node:tls";
 import { join } from "node:path";
 import { Redis } from "ioredis";
-import { unframe } from "../src/event-log.ts";
+import { unframe } from "../src/record.ts";
 import {
   BATCH, event, freePort, metric, metricsText, post, runCli, SINGLE, startServer, stopAll, storedEvents, tempDir, type Server,
 } from "./support/harness.ts";

@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { connect, createServer } from "node:net";
 import { join, resolve } from "node:path";
-import { unframe } from "../../src/event-log.ts";
+import { unframe } from "../../src/record.ts";
 
 export const ROOT = resolve(import.meta.dir, "..", "..");
 export const MAIN = join(ROOT, "src", "main.ts");
