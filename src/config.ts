@@ -32,6 +32,8 @@ export const VARIABLES = {
   PAYFLUX_FORWARD_REDIS_URL: { default: "", help: "redis:// or rediss:// URL: forward every event to a Redis stream (empty: off)" },
   PAYFLUX_FORWARD_STREAM: { default: "events_stream", help: "Redis stream the events are added to (XADD)" },
   PAYFLUX_FORWARD_MAXLEN: { default: "200000", help: "approximate length the stream is trimmed to (XADD MAXLEN ~)" },
+  PAYFLUX_MAX_CONNECTIONS: { default: "16384", help: "most open client connections in all; more are closed at once (also capped below the descriptor limit)" },
+  PAYFLUX_MAX_CONNECTIONS_PER_IP: { default: "256", help: "most open connections from one client address; more are closed at once" },
 } as const;
 
 export type VariableName = keyof typeof VARIABLES;
@@ -67,6 +69,8 @@ export interface Config {
   forwardRedisUrl: string | null;
   forwardStream: string;
   forwardMaxlen: number;
+  maxConnections: number;
+  maxConnectionsPerIp: number;
   /** "environment" or the env file's path. */
   source: string;
   /** 12 hex characters that change whenever the effective config changes. */
@@ -95,6 +99,8 @@ export const SETTING_VARIABLE = {
   forwardRedisUrl: "PAYFLUX_FORWARD_REDIS_URL",
   forwardStream: "PAYFLUX_FORWARD_STREAM",
   forwardMaxlen: "PAYFLUX_FORWARD_MAXLEN",
+  maxConnections: "PAYFLUX_MAX_CONNECTIONS",
+  maxConnectionsPerIp: "PAYFLUX_MAX_CONNECTIONS_PER_IP",
 } as const satisfies Partial<Record<keyof Config, VariableName>>;
 
 export type LoadResult =
@@ -182,6 +188,8 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
   const forwardStream = get("PAYFLUX_FORWARD_STREAM");
   if (!/^[\x21-\x7e]{1,256}$/.test(forwardStream)) errors.push("PAYFLUX_FORWARD_STREAM must be 1 to 256 printable characters without spaces");
   const forwardMaxlen = integer("PAYFLUX_FORWARD_MAXLEN", get("PAYFLUX_FORWARD_MAXLEN"), { min: 1, max: 1_000_000_000 }, errors);
+  const maxConnections = integer("PAYFLUX_MAX_CONNECTIONS", get("PAYFLUX_MAX_CONNECTIONS"), { min: 1, max: 1_000_000 }, errors);
+  const maxConnectionsPerIp = integer("PAYFLUX_MAX_CONNECTIONS_PER_IP", get("PAYFLUX_MAX_CONNECTIONS_PER_IP"), { min: 1, max: 1_000_000 }, errors);
 
   if (errors.length > 0) return { ok: false, errors, warnings };
 
@@ -190,6 +198,7 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
     keys, ingestRps, ingestBurst, host, port, dataDir, logLevel, maxBodyBytes, maxBatch, dedupWindowMs,
     metricsEnabled, metricsTokenDigest, shutdownTimeoutMs, segmentBytes, retentionMs, storageMaxBytes, dedupMaxIds,
     forwardRedisUrl: forwardUrl === "" ? null : forwardUrl, forwardStream, forwardMaxlen,
+    maxConnections, maxConnectionsPerIp,
     source: file ?? "environment", fingerprint: "", warnings,
   };
   config.fingerprint = fingerprintOf(config);

@@ -11,6 +11,7 @@ declare -A NEEDED=(
   [redis-server]=redis-server
   [nginx]=nginx
   [haproxy]=haproxy
+  [prlimit]=util-linux
 )
 
 missing=()

@@ -82,6 +82,8 @@ export interface StartOptions {
   dataDir?: string;
   /** Wait for the "payflux listening" line (default true). */
   waitReady?: boolean;
+  /** Run under this open-file limit (soft and hard), via prlimit(1). */
+  nofile?: number;
 }
 
 export interface Server {
@@ -132,7 +134,8 @@ export async function startServer(opts: StartOptions = {}): Promise<Server> {
   });
   const target = opts.target ?? (opts.binary ? "bun-binary" : "bun");
   if (target.endsWith("-binary")) await ensureBinary(target as "bun-binary" | "deno-binary");
-  const proc = Bun.spawn([...command(target, dataDir), ...(opts.args ?? [])], { env, stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+  const limit = opts.nofile === undefined ? [] : ["prlimit", `--nofile=${opts.nofile}:${opts.nofile}`, "--"];
+  const proc = Bun.spawn([...limit, ...command(target, dataDir), ...(opts.args ?? [])], { env, stdout: "pipe", stderr: "pipe", stdin: "ignore" });
   const stdout: string[] = [];
   let stderrText = "";
   const waiters = new Set<() => void>();
