@@ -1,5 +1,6 @@
 import { createServer, type IncomingMessage, type Server } from "node:http";
 import type { Socket } from "node:net";
+import { problemBody } from "./problem.ts";
 
 /**
  * Everything that touches the runtime's HTTP server lives here: starting and
@@ -98,6 +99,7 @@ async function startOnNodeHttp(host: string, port: number, fetch: FetchHandler, 
   server.headersTimeout = IDLE_TIMEOUT_MS;
   server.keepAliveTimeout = IDLE_TIMEOUT_MS;
   limitConnections(server, options);
+  server.on("clientError", (err: NodeJS.ErrnoException, socket: Socket) => answerUnparsable(err, socket));
   await new Promise<void>((resolve, reject) => {
     server.once("error", (err: NodeJS.ErrnoException) => reject(err.code === "EADDRINUSE" ? new AddressInUseError(`${host}:${port} is already in use`) : err));
     server.listen(port, host, () => resolve());
@@ -113,6 +115,27 @@ async function startOnNodeHttp(host: string, port: number, fetch: FetchHandler, 
       }),
     clientAddress: (request) => peers.get(request) ?? null,
   };
+}
+
+/**
+ * A request the HTTP parser cannot read (HTTP/0.9, bare-LF line endings, an
+ * unknown version, conflicting lengths, ...) is the client's mistake: a 400
+ * problem (431 for oversized headers), never a 5xx, then the connection closes.
+ */
+function answerUnparsable(err: NodeJS.ErrnoException, socket: Socket): void {
+  if (!socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const tooLarge = err.code === "HPE_HEADER_OVERFLOW";
+  const status = tooLarge ? 431 : 400;
+  const body = tooLarge
+    ? problemBody(431, "headers_too_large", "the request headers are too large")
+    : problemBody(400, "bad_request", "the request is not valid HTTP/1.1 (request line, CRLF line endings, headers or framing)");
+  socket.end(
+    `HTTP/1.1 ${status} ${tooLarge ? "Request Header Fields Too Large" : "Bad Request"}\r\ncontent-type: application/problem+json\r\n` +
+      `content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+  );
 }
 
 /**

@@ -81,6 +81,22 @@ for (const target of E2E_TARGETS) {
       expect(last).toBe(1);
     }, 30_000);
 
+    test("HTTP/0.9, bare-LF line endings and an unknown HTTP version: 400 bad_request problem (never a 5xx), connection closed", async () => {
+      for (const data of [
+        "GET /health\r\n",
+        "GET /health\n",
+        "GET /health HTTP/1.1\nHost: 127.0.0.1\n\n",
+        `POST ${SINGLE} HTTP/1.1\nHost: 127.0.0.1\nAuthorization: Bearer ${KEY}\nContent-Length: 2\n\n{}`,
+        "GET /health HTTP/1.1\r\nHost: 127.0.0.1\n\r\n",
+        "GET /health HTTP/2.0\r\nHost: 127.0.0.1\r\n\r\n",
+      ]) {
+        const r = await exchange(server.port, data, { timeoutMs: 5000 });
+        const body = r.responses[0] ? JSON.parse(r.responses[0].body) : null;
+        expect({ data, statuses: r.responses.map((x) => x.status), code: body?.code, closed: r.closed }).toEqual({ data, statuses: [400], code: "bad_request", closed: true });
+        expect(r.responses[0]!.headers["content-type"]).toBe("application/problem+json");
+      }
+    });
+
     test("a chunked body within the limit is still accepted (202)", async () => {
       const ev = JSON.stringify(event());
       const body = `${ev.length.toString(16)}\r\n${ev}\r\n0\r\n\r\n`;
