@@ -90,7 +90,9 @@ async function ingestEvents(gw: Gateway, config: Config, request: Request, route
     return reject(gw, 415, "unsupported_media_type", `Content-Type must be ${allowed}`);
   }
 
-  const body = await readBody(request, config.maxBodyBytes);
+  // NDJSON lines are counted as they arrive: one past the batch limit stops the read.
+  const body = await readBody(request, config.maxBodyBytes, ndjson ? lineCounter(config.maxBatch) : undefined);
+  if (!body.ok && body.reason === "stopped") return reject(gw, 413, "batch_too_large", `a batch holds at most ${config.maxBatch} events`);
   if (!body.ok && body.reason === "too_large") return reject(gw, 413, "payload_too_large", `request body is larger than ${config.maxBodyBytes} bytes`);
   if (!body.ok) return reject(gw, 400, "incomplete_body", "the request body ended before it was complete; nothing was stored");
   const parsed = ndjson ? parseNdjson(body.bytes, config.maxBatch) : parseJson(body.bytes, batch, config.maxBatch);
@@ -128,16 +130,16 @@ const TOO_DEEP = `the body is nested more than ${MAX_DEPTH} levels deep`;
  * bytes, before JSON.parse builds anything.
  */
 function parseJson(bytes: Uint8Array, batch: boolean, maxBatch: number): Parsed {
+  const facts: EventFacts[] = [];
+  const scan = scanJson(bytes, 0, bytes.length, batch ? 2 : 1, KNOWN, facts, 0, batch ? maxBatch : 1);
+  if (scan === "too_deep") return { ok: false, status: 400, detail: TOO_DEEP };
+  if (scan === "too_many") return { ok: false, status: 413, detail: "" };
   let text: string;
   try {
     text = utf8.decode(bytes);
   } catch {
     return { ok: false, status: 400, detail: "request body is not valid UTF-8" };
   }
-  const facts: EventFacts[] = [];
-  const scan = scanJson(bytes, 0, bytes.length, batch ? 2 : 1, KNOWN, facts, 0, batch ? maxBatch : 1);
-  if (scan === "too_deep") return { ok: false, status: 400, detail: TOO_DEEP };
-  if (scan === "too_many") return { ok: false, status: 413, detail: "" };
   let value: unknown;
   try {
     value = JSON.parse(text);
@@ -181,6 +183,25 @@ function parseNdjson(bytes: Uint8Array, maxBatch: number): Parsed {
     }
   }
   return { ok: true, values, facts };
+}
+
+/** A body watcher that refuses (returns false) once a chunk starts non-blank line number maxBatch + 1. */
+function lineCounter(maxBatch: number): (chunk: Uint8Array) => boolean {
+  let lines = 0;
+  let content = false; // the current line has a byte other than space, tab or CR
+  return (chunk) => {
+    for (let i = 0; i < chunk.length; i++) {
+      const b = chunk[i]!;
+      if (b === 0x0a) {
+        if (content) lines++;
+        content = false;
+      } else if (!content && b !== 0x20 && b !== 0x09 && b !== 0x0d) {
+        if (lines === maxBatch) return false;
+        content = true;
+      }
+    }
+    return true;
+  };
 }
 
 /** Only spaces, tabs and CRs (a CRLF line ending leaves its CR). */

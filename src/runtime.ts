@@ -79,16 +79,24 @@ async function startOnNodeHttp(host: string, port: number, fetch: FetchHandler, 
       if (peer) peers.set(request, peer.replace(/^::ffff:/, ""));
       const response = await fetch(request);
       const head = [...response.headers].flat();
-      // A body left unread (refused before or while reading it) cannot be skipped safely:
-      // answer, then close the connection instead of reading the rest.
+      // A body left unread (the request was refused before or while reading it): a
+      // small one of known length is discarded, so that the connection (and any
+      // request pipelined behind it) goes on; any other is never read: answer,
+      // then close the connection.
       const unread = hasBody && !req.complete;
-      if (unread) head.push("connection", "close");
+      const declared = Number(req.headers["content-length"] ?? NaN);
+      const drain = unread && response.status !== 413 && declared <= DRAIN_LIMIT;
+      if (unread && !drain) head.push("connection", "close");
       // Every response of the service is small and in memory: one write.
       const body = response.body === null || req.method === "HEAD" ? undefined : new Uint8Array(await response.arrayBuffer());
       res.writeHead(response.status, head);
       res.end(body, () => {
-        if (unread) req.socket.destroy();
+        if (unread && !drain) req.socket.destroy();
       });
+      if (drain) {
+        req.removeAllListeners("data");
+        req.resume();
+      }
     } catch {
       if (!res.headersSent) res.writeHead(500);
       res.end();
@@ -139,26 +147,36 @@ function answerUnparsable(err: NodeJS.ErrnoException, socket: Socket): void {
 }
 
 /**
- * The request body as a web stream. Cheaper than Readable.toWeb, and a
- * cancel (src/body.ts stops at the size limit) only stops reading: the
- * response is still written, then the connection is closed (see above).
+ * The request body as a web stream, read only when the handler reads it
+ * (authentication and the size check come first). Cheaper than
+ * Readable.toWeb, and a cancel (src/body.ts stops at the size limit) only
+ * stops reading: the response is still written, then the connection closed.
  */
 function bodyStream(req: IncomingMessage): ReadableStream<Uint8Array> {
   let cancelled = false;
-  return new ReadableStream<Uint8Array>({
-    start(controller) {
-      req.on("data", (chunk: Buffer) => {
-        if (!cancelled) controller.enqueue(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength));
-      });
-      req.on("end", () => cancelled || controller.close());
-      req.on("error", (err) => cancelled || controller.error(err));
-      req.on("aborted", () => cancelled || controller.error(new Error("the client went away")));
+  return new ReadableStream<Uint8Array>(
+    {
+      start(controller) {
+        req.on("data", (chunk: Buffer) => {
+          if (cancelled) return;
+          controller.enqueue(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+          if ((controller.desiredSize ?? 0) <= 0) req.pause();
+        });
+        req.pause();
+        req.on("end", () => cancelled || controller.close());
+        req.on("error", (err) => cancelled || controller.error(err));
+        req.on("aborted", () => cancelled || controller.error(new Error("the client went away")));
+      },
+      pull() {
+        req.resume();
+      },
+      cancel() {
+        cancelled = true;
+        req.pause();
+      },
     },
-    cancel() {
-      cancelled = true;
-      req.pause();
-    },
-  });
+    { highWaterMark: 0 },
+  );
 }
 
 /**
@@ -203,6 +221,9 @@ function limitConnections(server: Server, options: ServerOptions): void {
   sweep.unref?.();
   server.once("close", () => clearInterval(sweep));
 }
+
+/** A refused body of known length up to this is read and discarded to keep the connection; a larger one closes it. */
+const DRAIN_LIMIT = 64 * 1024;
 
 /** Seconds of silence after which a connection is closed (Bun.serve's default, applied on Deno too). */
 const IDLE_TIMEOUT_MS = 10_000;

@@ -39,11 +39,12 @@ for (const target of E2E_TARGETS) {
       // Warm up the good path (JIT, connection pool) before measuring.
       for (let i = 0; i < 20; i++) await post(server, SINGLE, event());
 
-      // Two attacker processes for 4 s, each bounded to 100 requests.
+      // Two attacker processes for 4 s, each bounded to 100 requests, 40 ms apart: on the
+      // code before issue 8 one such request held the only JS thread for 0.6-0.9 s.
       let attacking = true;
       const attackers = Promise.all(
         [0, 2].map(async (offset) => {
-          const p = Bun.spawn([process.execPath, ATTACKER, server.url, KEY, "4000", "100", String(offset)], { stdout: "pipe", stderr: "inherit" });
+          const p = Bun.spawn([process.execPath, ATTACKER, server.url, KEY, "4000", "100", String(offset), "40"], { stdout: "pipe", stderr: "inherit" });
           const timer = setTimeout(() => p.kill("SIGKILL"), 60_000);
           const out = await new Response(p.stdout).text();
           clearTimeout(timer);
@@ -67,7 +68,8 @@ for (const target of E2E_TARGETS) {
       const p99 = latencies[Math.min(latencies.length - 1, Math.floor(latencies.length * 0.99))]!;
       // Enough samples to mean something, then the bound itself.
       expect(latencies.length).toBeGreaterThan(50);
-      expect({ p99: p99 < P99_LIMIT_MS ? "ok" : p99, samples: latencies.length }).toEqual({ p99: "ok", samples: latencies.length });
+      const worst = latencies.slice(-5).map((l) => Math.round(l));
+      expect({ p99: p99 < P99_LIMIT_MS ? "ok" : p99, samples: latencies.length, worst }).toEqual({ p99: "ok", samples: latencies.length, worst });
 
       expect(results.length).toBeGreaterThanOrEqual(8);
       for (const r of results) {

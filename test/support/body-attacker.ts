@@ -1,10 +1,12 @@
 /**
  * A separate process that sends expensive bodies (so that building and
  * uploading them does not slow the measuring client in the test process).
- * Usage: bun body-attacker.ts <url> <key> <durationMs> <maxRequests> <offset>
+ * Usage: bun body-attacker.ts <url> <key> <durationMs> <maxRequests> <offset> <pauseMs>
+ * Each request is followed by a pause: the attack is about what one request
+ * costs everyone else, not about saturating the CPU.
  * Prints one JSON line: [{ path, status, code }, ...].
  */
-const [url, key, durationMs, maxRequests, offset] = process.argv.slice(2) as [string, string, string, string, string];
+const [url, key, durationMs, maxRequests, offset, pauseMs] = process.argv.slice(2) as [string, string, string, string, string, string];
 const DEEP = 200_000;
 const NDJSON_LINES = 12_000_000;
 
@@ -13,10 +15,12 @@ const deepArrays = `${base.slice(0, -1)},"extra":${"[".repeat(DEEP)}${"]".repeat
 const deepObjects = `${base.slice(0, -1)},"extra":${'{"a":'.repeat(DEEP / 2)}1${"}".repeat(DEEP / 2)}}`;
 const ndjson = new Uint8Array(NDJSON_LINES * 2).fill(0x0a);
 for (let i = 0; i < ndjson.length; i += 2) ndjson[i] = 0x31; // "1\n" repeated
-const attacks: [string, string | Uint8Array, string][] = [
-  ["/v1/events/payment_exhaust", deepArrays, "application/json"],
-  ["/v1/events/payment_exhaust", deepObjects, "application/json"],
-  ["/v1/events/batch", `[${deepArrays}]`, "application/json"],
+// Encoded once: the attacker's own CPU must not be what slows the machine.
+const enc = (s: string) => new TextEncoder().encode(s);
+const attacks: [string, Uint8Array, string][] = [
+  ["/v1/events/payment_exhaust", enc(deepArrays), "application/json"],
+  ["/v1/events/payment_exhaust", enc(deepObjects), "application/json"],
+  ["/v1/events/batch", enc(`[${deepArrays}]`), "application/json"],
   ["/v1/events/batch", ndjson, "application/x-ndjson"],
 ];
 
@@ -30,6 +34,7 @@ for (let n = 0; n < Number(maxRequests) && Date.now() < deadline; n++) {
   } catch (err) {
     results.push({ path, ct, status: (err as Error).name });
   }
+  await Bun.sleep(Number(pauseMs));
 }
 console.log(JSON.stringify(results));
 

@@ -154,22 +154,27 @@ export class RawConnection {
   }
 
   /** Sends `data` and resolves with the next response, or null if the connection closed or `timeoutMs` passed first. */
-  send(data: Uint8Array, timeoutMs = 5000): Promise<RawResponse | null> {
-    this.socket.write(data);
+  async send(data: Uint8Array, timeoutMs = 5000): Promise<RawResponse | null> {
+    return (await this.sendMany(data, 1, timeoutMs))[0] ?? null;
+  }
+
+  /** Sends `data` (one or more requests) and resolves with up to `count` responses: fewer if the connection closed or `timeoutMs` passed. */
+  sendMany(data: Uint8Array, count: number, timeoutMs = 5000): Promise<RawResponse[]> {
+    if (!this.closed) this.socket.write(data);
     return new Promise((resolve) => {
-      const timer = setTimeout(() => done(null), timeoutMs);
-      const done = (r: RawResponse | null) => {
+      const got: RawResponse[] = [];
+      const timer = setTimeout(() => done(), timeoutMs);
+      const done = () => {
         clearTimeout(timer);
         this.waiter = null;
-        resolve(r);
+        resolve(got);
       };
       const check = () => {
+        // One exchange at a time: everything that arrives answers this one.
         const { responses, rest } = parseResponses(this.buf);
-        if (responses.length > 0) {
-          // One request at a time, so there is exactly one response.
-          this.buf = rest;
-          done(responses[0]!);
-        } else if (this.closed) done(null);
+        got.push(...responses);
+        this.buf = rest;
+        if (got.length >= count || this.closed) done();
       };
       this.waiter = check;
       check();
