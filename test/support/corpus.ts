@@ -38,7 +38,13 @@ export function prng(seed: number): () => number {
   };
 }
 
-export function generateCorpus(seed: number, perClass: number): Case[] {
+/**
+ * `strictParser`: the runtime's HTTP parser refuses HTTP/0.9, bare-LF line
+ * endings and the like (Bun's does, with our 400 bad_request); Deno's accepts
+ * bare LF as RFC 9112 §2.2 allows and leaves HTTP/0.9 unanswered until the
+ * idle timeout, so that class is left out there.
+ */
+export function generateCorpus(seed: number, perClass: number, strictParser = true): Case[] {
   const rnd = prng(seed);
   const int = (n: number) => Math.floor(rnd() * n);
   const pick = <T>(xs: readonly T[]): T => xs[int(xs.length)]!;
@@ -251,6 +257,9 @@ export function generateCorpus(seed: number, perClass: number): Case[] {
     }],
   ];
 
-  for (const [, make] of classes) for (let i = 0; i < perClass; i++) make();
+  for (const [name, make] of classes) {
+    if (name === "bad_http" && !strictParser) continue;
+    for (let i = 0; i < perClass; i++) make();
+  }
   return cases;
 }
