@@ -57,6 +57,7 @@ export async function startHttpServer(host: string, port: number, fetch: FetchHa
  */
 async function startOnNodeHttp(host: string, port: number, fetch: FetchHandler, options: ServerOptions): Promise<HttpServer> {
   const peers = new WeakMap<Request, string>();
+  let stopping = false;
   const server = createServer(async (req, res) => {
     try {
       const headers = new Headers();
@@ -86,7 +87,8 @@ async function startOnNodeHttp(host: string, port: number, fetch: FetchHandler, 
       const unread = hasBody && !req.complete;
       const declared = Number(req.headers["content-length"] ?? NaN);
       const drain = unread && response.status !== 413 && declared <= DRAIN_LIMIT;
-      if (unread && !drain) head.push("connection", "close");
+      // While stopping, a connection ends with its response: close() waits for every connection.
+      if ((unread && !drain) || stopping) head.push("connection", "close");
       // Every response of the service is small and in memory: one write.
       const body = response.body === null || req.method === "HEAD" ? undefined : new Uint8Array(await response.arrayBuffer());
       res.writeHead(response.status, head);
@@ -117,6 +119,7 @@ async function startOnNodeHttp(host: string, port: number, fetch: FetchHandler, 
     port: typeof address === "object" && address !== null ? address.port : port,
     stop: () =>
       new Promise<void>((resolve) => {
+        stopping = true;
         server.close(() => resolve());
         // Keep-alive connections with no request would hold close() open.
         server.closeIdleConnections();
