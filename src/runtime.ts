@@ -66,7 +66,8 @@ async function startOnNodeHttp(host: string, port: number, fetch: FetchHandler, 
       // The URL comes from the request target only: the Host header is the client's to write.
       const path = requestPath(req.url ?? "/");
       if (path === null) {
-        res.writeHead(400, { "content-type": "text/plain", connection: "close" }).end("bad request target\n");
+        res.writeHead(400, { "content-type": "application/problem+json", connection: "close" });
+        res.end(problemBody(400, "bad_request", "the request target must be a path such as /v1/events/batch"));
         return;
       }
       const request = new Request(`http://localhost${path}`, {

@@ -235,6 +235,9 @@ export function generateCorpus(seed: number, perClass: number, strictParser = tr
         `POST ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 12abc\r\n\r\n`,
         `GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header: x\r\n\r\n`,
         `\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03`,
+        `GET * HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`,
+        `GET 127.0.0.1:80 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`,
+        `GET http://[::1${path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`,
       ]);
       add("bad_http", Buffer.from(data, "latin1"), e(400, "bad_request"));
     }],
