@@ -5,22 +5,27 @@
  * breaks off (the client went away, or sent less than it announced) is
  * `incomplete`, not an error of the service.
  */
-export type BodyResult = { ok: true; bytes: Uint8Array } | { ok: false; reason: "too_large" | "incomplete" };
+export type BodyResult = { ok: true; bytes: Uint8Array } | { ok: false; reason: "too_large" | "incomplete" | "stopped" };
 
-export async function readBody(request: Request, limit: number): Promise<BodyResult> {
+/**
+ * `watch`, if given, sees every chunk as it arrives and may stop the read
+ * early (returns false): the result is then `stopped` and the rest is never
+ * read or buffered.
+ */
+export async function readBody(request: Request, limit: number, watch?: (chunk: Uint8Array) => boolean): Promise<BodyResult> {
   try {
-    return await read(request, limit);
+    return await read(request, limit, watch);
   } catch {
     return { ok: false, reason: "incomplete" };
   }
 }
 
-async function read(request: Request, limit: number): Promise<BodyResult> {
+async function read(request: Request, limit: number, watch?: (chunk: Uint8Array) => boolean): Promise<BodyResult> {
   const declared = request.headers.get("content-length");
   if (declared !== null) {
     const n = Number(declared);
     if (n > limit) return { ok: false, reason: "too_large" };
-    if (Number.isSafeInteger(n)) return { ok: true, bytes: new Uint8Array(await request.arrayBuffer()) };
+    if (Number.isSafeInteger(n) && watch === undefined) return { ok: true, bytes: new Uint8Array(await request.arrayBuffer()) };
   }
   if (request.body === null) return { ok: true, bytes: new Uint8Array(0) };
   const reader = request.body.getReader();
@@ -33,6 +38,10 @@ async function read(request: Request, limit: number): Promise<BodyResult> {
     if (total > limit) {
       await reader.cancel().catch(() => {});
       return { ok: false, reason: "too_large" };
+    }
+    if (watch !== undefined && !watch(value)) {
+      await reader.cancel().catch(() => {});
+      return { ok: false, reason: "stopped" };
     }
     chunks.push(value);
   }

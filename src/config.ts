@@ -41,6 +41,8 @@ export const VARIABLES = {
   PAYFLUX_FORWARD_STREAM: { default: "events_stream", help: "Redis stream the events are added to (XADD)" },
   PAYFLUX_FORWARD_MAXLEN: { default: "200000", help: "approximate length the stream is trimmed to (XADD MAXLEN ~)" },
   PAYFLUX_FORWARD_CONSUMER_GROUPS: { default: "payment_consumers", help: "consumer groups of the stream whose backlog is exported as payflux_consumer_lag_messages{group}, comma-separated" },
+  PAYFLUX_MAX_CONNECTIONS: { default: "16384", help: "most open client connections in all; more are closed at once (also capped below the descriptor limit)" },
+  PAYFLUX_MAX_CONNECTIONS_PER_IP: { default: "256", help: "most open connections from one client address; more are closed at once" },
 } as const;
 
 export type VariableName = keyof typeof VARIABLES;
@@ -91,6 +93,8 @@ export interface Config {
   forwardMaxlen: number;
   /** Consumer groups watched for payflux_consumer_lag_messages, normalised "a,b" (a string, so reload diffs compare it). */
   forwardConsumerGroups: string;
+  maxConnections: number;
+  maxConnectionsPerIp: number;
   /** "environment" or the env file's path. */
   source: string;
   /** 12 hex characters that change whenever the effective config changes. */
@@ -125,6 +129,8 @@ export const SETTING_VARIABLE = {
   forwardStream: "PAYFLUX_FORWARD_STREAM",
   forwardMaxlen: "PAYFLUX_FORWARD_MAXLEN",
   forwardConsumerGroups: "PAYFLUX_FORWARD_CONSUMER_GROUPS",
+  maxConnections: "PAYFLUX_MAX_CONNECTIONS",
+  maxConnectionsPerIp: "PAYFLUX_MAX_CONNECTIONS_PER_IP",
 } as const satisfies Partial<Record<keyof Config, VariableName>>;
 
 export type LoadResult =
@@ -213,6 +219,8 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
   if (!/^[\x21-\x7e]{1,256}$/.test(forwardStream)) errors.push("PAYFLUX_FORWARD_STREAM must be 1 to 256 printable characters without spaces");
   const forwardMaxlen = integer("PAYFLUX_FORWARD_MAXLEN", get("PAYFLUX_FORWARD_MAXLEN"), { min: 1, max: 1_000_000_000 }, errors);
   const forwardConsumerGroups = consumerGroups(get("PAYFLUX_FORWARD_CONSUMER_GROUPS"), errors);
+  const maxConnections = integer("PAYFLUX_MAX_CONNECTIONS", get("PAYFLUX_MAX_CONNECTIONS"), { min: 1, max: 1_000_000 }, errors);
+  const maxConnectionsPerIp = integer("PAYFLUX_MAX_CONNECTIONS_PER_IP", get("PAYFLUX_MAX_CONNECTIONS_PER_IP"), { min: 1, max: 1_000_000 }, errors);
 
   // Read again after parsing: a file that changed meanwhile may be half-written.
   if (file !== undefined && snapshot !== null && !unchanged(file, snapshot)) {
@@ -225,6 +233,7 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
     keys, ingestRps, ingestBurst, authFailRps, authFailBurst, trustProxy: trustedProxies.text, trustedProxies, host, port, dataDir, logLevel, maxBodyBytes, maxBatch, dedupWindowMs,
     metricsEnabled, metricsTokenDigest, clientsFile: clientsFile === "" ? null : clientsFile, metricsPerClient, shutdownTimeoutMs, segmentBytes, retentionMs, storageMaxBytes, dedupMaxIds,
     forwardRedisUrl: forwardUrl === "" ? null : forwardUrl, forwardStream, forwardMaxlen, forwardConsumerGroups,
+    maxConnections, maxConnectionsPerIp,
     source: file ?? "environment", fingerprint: "", warnings,
   };
   config.fingerprint = fingerprintOf(config);

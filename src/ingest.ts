@@ -2,7 +2,8 @@ import { keyIdOf, type AuthResult, type DenialReason } from "./auth.ts";
 import { authFailed, authThrottled } from "./auth-throttle.ts";
 import { readBody } from "./body.ts";
 import type { Config } from "./config.ts";
-import { dedupKey, validateEvent, type FieldError, type PaymentEvent } from "./events.ts";
+import { dedupKey, KNOWN_FIELDS, validateEvent, type FieldError, type PaymentEvent } from "./events.ts";
+import { KnownMembers, MAX_DEPTH, scanJson, type EventFacts } from "./json-scan.ts";
 import type { Gateway } from "./gateway.ts";
 import { LargerThanStoreError, StorageFullError } from "./event-log.ts";
 import { rateLimitHeader } from "./limiter.ts";
@@ -13,6 +14,7 @@ import { toRecord } from "./record.ts";
 /** Validation errors listed in one 422 response at most (the count is always exact). */
 const MAX_LISTED_ERRORS = 1000;
 const utf8 = new TextDecoder("utf-8", { fatal: true });
+const KNOWN = new KnownMembers(KNOWN_FIELDS);
 
 const DENIAL_DETAIL: Record<DenialReason, string> = {
   missing_key: "send the API key as `Authorization: Bearer <key>`",
@@ -106,50 +108,25 @@ async function ingestEvents(gw: Gateway, config: Config, request: Request, route
     return reject(gw, 415, "unsupported_media_type", `Content-Type must be ${allowed}`);
   }
 
-  const body = await readBody(request, config.maxBodyBytes);
+  // NDJSON lines are counted as they arrive: one past the batch limit stops the read.
+  const body = await readBody(request, config.maxBodyBytes, ndjson ? lineCounter(config.maxBatch) : undefined);
+  if (!body.ok && body.reason === "stopped") return reject(gw, 413, "batch_too_large", `a batch holds at most ${config.maxBatch} events`);
   if (!body.ok && body.reason === "too_large") return reject(gw, 413, "payload_too_large", `request body is larger than ${config.maxBodyBytes} bytes`);
   if (!body.ok) return reject(gw, 400, "incomplete_body", "the request body ended before it was complete; nothing was stored");
-  let text: string;
-  try {
-    text = utf8.decode(body.bytes);
-  } catch {
-    return reject(gw, 400, "malformed_json", "request body is not valid UTF-8");
+  const parsed = ndjson ? parseNdjson(body.bytes, config.maxBatch) : parseJson(body.bytes, batch, config.maxBatch);
+  if (!parsed.ok) {
+    if (parsed.status === 413) return reject(gw, 413, "batch_too_large", `a batch holds at most ${config.maxBatch} events`);
+    if (parsed.status === 422) return reject(gw, 422, "validation_failed", parsed.detail, { errors: [{ index: 0, field: "", message: "expected a JSON array" }] });
+    return reject(gw, 400, "malformed_json", parsed.detail);
   }
-
-  let values: unknown[];
-  if (ndjson) {
-    values = [];
-    const lines = text.split("\n");
-    for (let i = 0; i < lines.length; i++) {
-      const line = lines[i]!.trim();
-      if (line === "") continue;
-      try {
-        values.push(JSON.parse(line));
-      } catch {
-        return reject(gw, 400, "malformed_json", `line ${i + 1} is not valid JSON`);
-      }
-    }
-  } else {
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(text);
-    } catch (err) {
-      return reject(gw, 400, "malformed_json", `request body is not valid JSON: ${(err as Error).message}`);
-    }
-    if (batch && !Array.isArray(parsed)) {
-      return reject(gw, 422, "validation_failed", "the batch body must be a JSON array of events", {
-        errors: [{ index: 0, field: "", message: "expected a JSON array" }],
-      });
-    }
-    values = batch ? (parsed as unknown[]) : [parsed];
-  }
+  const { values, facts } = parsed;
   if (values.length === 0) return reject(gw, 422, "empty_batch", "the batch holds no events");
   if (values.length > config.maxBatch) {
     return reject(gw, 413, "batch_too_large", `a batch holds at most ${config.maxBatch} events, this one has ${values.length}`);
   }
 
   const errors: FieldError[] = [];
-  values.forEach((v, i) => validateEvent(v, i, errors));
+  values.forEach((v, i) => validateEvent(v, i, errors, facts[i]));
   if (errors.length > 0) {
     return reject(gw, 422, "validation_failed", `${errors.length} field(s) failed validation; nothing was stored`, {
       errors: errors.slice(0, MAX_LISTED_ERRORS),
@@ -157,6 +134,101 @@ async function ingestEvents(gw: Gateway, config: Config, request: Request, route
     });
   }
   return store(gw, values as PaymentEvent[], keyId, client);
+}
+
+type Parsed =
+  | { ok: true; values: unknown[]; facts: (EventFacts | undefined)[] }
+  | { ok: false; status: 400 | 413 | 422; detail: string };
+
+const TOO_DEEP = `the body is nested more than ${MAX_DEPTH} levels deep`;
+
+/**
+ * A JSON body: one event, or an array of them on the batch route. The
+ * pre-scan refuses deep nesting and over-long batches in one pass over the
+ * bytes, before JSON.parse builds anything.
+ */
+function parseJson(bytes: Uint8Array, batch: boolean, maxBatch: number): Parsed {
+  const facts: EventFacts[] = [];
+  const scan = scanJson(bytes, 0, bytes.length, batch ? 2 : 1, KNOWN, facts, 0, batch ? maxBatch : 1);
+  if (scan === "too_deep") return { ok: false, status: 400, detail: TOO_DEEP };
+  if (scan === "too_many") return { ok: false, status: 413, detail: "" };
+  let text: string;
+  try {
+    text = utf8.decode(bytes);
+  } catch {
+    return { ok: false, status: 400, detail: "request body is not valid UTF-8" };
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    return { ok: false, status: 400, detail: `request body is not valid JSON: ${(err as Error).message}` };
+  }
+  if (!batch) return { ok: true, values: [value], facts };
+  if (!Array.isArray(value)) return { ok: false, status: 422, detail: "the batch body must be a JSON array of events" };
+  return { ok: true, values: value, facts };
+}
+
+/**
+ * NDJSON: one event per non-blank line. Lines are found on the bytes and
+ * counted as they are found: the (maxBatch + 1)-th stops the split, so a body
+ * of millions of tiny lines costs one pass and no strings.
+ */
+function parseNdjson(bytes: Uint8Array, maxBatch: number): Parsed {
+  const values: unknown[] = [];
+  const facts: EventFacts[] = [];
+  let line = 0;
+  for (let start = 0; start < bytes.length; line++) {
+    let end = bytes.indexOf(0x0a, start);
+    if (end < 0) end = bytes.length;
+    const from = start;
+    start = end + 1;
+    if (isBlank(bytes, from, end)) continue;
+    if (values.length === maxBatch) return { ok: false, status: 413, detail: "" };
+    const scan = scanJson(bytes, from, end, 1, KNOWN, facts, values.length, 1);
+    if (scan === "too_deep") return { ok: false, status: 400, detail: `line ${line + 1}: ${TOO_DEEP}` };
+    if (scan === "too_many") return { ok: false, status: 400, detail: `line ${line + 1} is not valid JSON` };
+    let text: string;
+    try {
+      text = utf8.decode(bytes.subarray(from, end));
+    } catch {
+      return { ok: false, status: 400, detail: `line ${line + 1} is not valid UTF-8` };
+    }
+    try {
+      values.push(JSON.parse(text));
+    } catch {
+      return { ok: false, status: 400, detail: `line ${line + 1} is not valid JSON` };
+    }
+  }
+  return { ok: true, values, facts };
+}
+
+/** A body watcher that refuses (returns false) once a chunk starts non-blank line number maxBatch + 1. */
+function lineCounter(maxBatch: number): (chunk: Uint8Array) => boolean {
+  let lines = 0;
+  let content = false; // the current line has a byte other than space, tab or CR
+  return (chunk) => {
+    for (let i = 0; i < chunk.length; i++) {
+      const b = chunk[i]!;
+      if (b === 0x0a) {
+        if (content) lines++;
+        content = false;
+      } else if (!content && b !== 0x20 && b !== 0x09 && b !== 0x0d) {
+        if (lines === maxBatch) return false;
+        content = true;
+      }
+    }
+    return true;
+  };
+}
+
+/** Only spaces, tabs and CRs (a CRLF line ending leaves its CR). */
+function isBlank(bytes: Uint8Array, from: number, end: number): boolean {
+  for (let i = from; i < end; i++) {
+    const b = bytes[i]!;
+    if (b !== 0x20 && b !== 0x09 && b !== 0x0d) return false;
+  }
+  return true;
 }
 
 /** Drops duplicates, appends the rest to the event log, and answers 202 once they are durable. */

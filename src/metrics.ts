@@ -159,6 +159,17 @@ export function createMetrics() {
       help: "HTTP requests being handled now",
       registers: [registry],
     }),
+    connectionsOpen: new Gauge({
+      name: "payflux_http_connections_open",
+      help: "Client connections open now",
+      registers: [registry],
+    }),
+    connectionsRefused: new Counter({
+      name: "payflux_http_connections_refused_total",
+      help: "Client connections closed at accept: over PAYFLUX_MAX_CONNECTIONS_PER_IP (per_ip) or PAYFLUX_MAX_CONNECTIONS (total)",
+      labelNames: ["reason"] as const,
+      registers: [registry],
+    }),
     apiKeys: new Gauge({
       name: "payflux_api_keys",
       help: "Configured API keys by state (expired: past the client's not_after)",
@@ -268,6 +279,7 @@ export function createMetrics() {
   for (const reason of REJECT_REASONS) m.rejected.inc({ reason }, 0);
   for (const endpoint of INGEST_ROUTES) m.rateLimited.inc({ endpoint }, 0);
   for (const result of ["success", "failure"]) m.reloads.inc({ result }, 0);
+  for (const reason of ["per_ip", "total"]) m.connectionsRefused.inc({ reason }, 0);
   m.lastReloadSuccessful.set(1);
   m.lastReloadSuccessTime.set(Date.now() / 1000);
   m.buildInfo.set({ version: VERSION, runtime: RUNTIME }, 1);

@@ -9,11 +9,14 @@ export function problem(
   extra: Record<string, unknown> = {},
   headers: Record<string, string> = {},
 ): Response {
-  const body = { type: `urn:payflux:problem:${code}`, title: TITLES[status] ?? "Error", status, code, detail, ...extra };
-  return new Response(JSON.stringify(body), {
+  return new Response(problemBody(status, code, detail, extra), {
     status,
     headers: { "content-type": "application/problem+json", ...headers },
   });
+}
+
+export function problemBody(status: number, code: string, detail: string, extra: Record<string, unknown> = {}): string {
+  return JSON.stringify({ type: `urn:payflux:problem:${code}`, title: TITLES[status] ?? "Error", status, code, detail, ...extra });
 }
 
 const TITLES: Record<number, string> = {
@@ -23,6 +26,7 @@ const TITLES: Record<number, string> = {
   405: "Method Not Allowed",
   413: "Content Too Large",
   415: "Unsupported Media Type",
+  431: "Request Header Fields Too Large",
   422: "Unprocessable Content",
   429: "Too Many Requests",
   500: "Internal Server Error",

@@ -1,14 +1,13 @@
-import { createServer } from "node:http";
-import { Readable } from "node:stream";
-import { MAX_BODY_CEILING } from "./config.ts";
+import { createServer, type IncomingMessage, type Server } from "node:http";
+import type { Socket } from "node:net";
+import { problemBody } from "./problem.ts";
 
 /**
- * Everything that differs between Bun and Deno lives here: starting and
- * stopping the HTTP server and the client address (Bun.serve on Bun,
- * node:http on Deno, see startOnNodeHttp). The body-size limit is
- * enforced by src/body.ts on both (Deno has no server limit; Bun's is only a
- * ceiling); signals use `process.on`, which both provide. The rest of src/
- * uses web standards and node: modules only.
+ * Everything that touches the runtime's HTTP server lives here: starting and
+ * stopping it, the client address, and the connection caps. Bun and Deno
+ * both serve through node:http (see startOnNodeHttp for why). The body-size
+ * limit is enforced by src/body.ts; signals use `process.on`, which both
+ * provide. The rest of src/ uses web standards and node: modules only.
  */
 export interface HttpServer {
   /** The port actually bound (differs from the config when it asked for 0). */
@@ -20,48 +19,45 @@ export interface HttpServer {
 
 export type FetchHandler = (request: Request) => Response | Promise<Response>;
 
+/** Caps on open connections, read on every accept (so a reload applies to the next connection). */
+export interface ConnectionLimits {
+  maxConnections: number;
+  maxConnectionsPerIp: number;
+}
+export type ConnectionRefusal = "total" | "per_ip";
+
+export interface ServerOptions {
+  limits: () => ConnectionLimits;
+  /** Called once for every connection refused at accept. */
+  onRefused: (reason: ConnectionRefusal) => void;
+  /** Called whenever the number of open connections changes. */
+  onConnections?: (open: number) => void;
+}
+
 /** Thrown when the port is taken: a second listener must fail loudly, never share it. */
 export class AddressInUseError extends Error {}
 
-const onDeno = "Deno" in globalThis;
-
 /** Starts listening; rejects with AddressInUseError when the port is taken. */
-export async function startHttpServer(host: string, port: number, fetch: FetchHandler): Promise<HttpServer> {
-  return onDeno ? startOnNodeHttp(host, port, fetch) : startOnBun(host, port, fetch);
-}
-
-function startOnBun(host: string, port: number, fetch: FetchHandler): HttpServer {
-  let server: ReturnType<typeof Bun.serve>;
-  try {
-    server = Bun.serve({
-      hostname: host,
-      port,
-      reusePort: false,
-      // The configured limit (reloadable) is enforced while reading the body;
-      // this hard ceiling only stops bodies no configuration could accept.
-      maxRequestBodySize: MAX_BODY_CEILING + 1,
-      development: false,
-      fetch,
-    });
-  } catch (err) {
-    throw addressInUse(err, host, port);
-  }
-  return {
-    port: server.port ?? port,
-    stop: () => server.stop(),
-    clientAddress: (request) => server.requestIP(request)?.address ?? null,
-  };
+export async function startHttpServer(host: string, port: number, fetch: FetchHandler, options: ServerOptions): Promise<HttpServer> {
+  return startOnNodeHttp(host, port, fetch, options);
 }
 
 /**
- * Deno serves through its node:http implementation rather than Deno.serve:
- * in Deno 2.9, `Deno.serve`'s shutdown() makes the body of a request that is
- * still arriving unreadable (denoland/deno#36809), so SIGTERM could not drain
- * in-flight requests as it does on Bun. node:http's close() stops accepting
- * and lets them finish.
+ * Both runtimes serve through their node:http implementation, not Bun.serve
+ * or Deno.serve:
+ * - Bun.serve (uWS) closes the connection, answering nothing, when a
+ *   pipelined request arrives while the response before it is still pending;
+ *   ours always is (it waits for fdatasync). Bun's node:http queues it
+ *   (oven-sh/bun#32868, #38128 describe the Bun.serve side).
+ * - Bun.serve has no per-connection hook, so it cannot cap connections per
+ *   client address; node:http has the 'connection' event.
+ * - In Deno 2.9, `Deno.serve`'s shutdown() makes the body of a request that
+ *   is still arriving unreadable (denoland/deno#36809); node:http's close()
+ *   stops accepting and lets requests in flight finish.
  */
-async function startOnNodeHttp(host: string, port: number, fetch: FetchHandler): Promise<HttpServer> {
+async function startOnNodeHttp(host: string, port: number, fetch: FetchHandler, options: ServerOptions): Promise<HttpServer> {
   const peers = new WeakMap<Request, string>();
+  let stopping = false;
   const server = createServer(async (req, res) => {
     try {
       const headers = new Headers();
@@ -70,31 +66,51 @@ async function startOnNodeHttp(host: string, port: number, fetch: FetchHandler):
       // The URL comes from the request target only: the Host header is the client's to write.
       const path = requestPath(req.url ?? "/");
       if (path === null) {
-        res.writeHead(400, { "content-type": "text/plain" }).end("bad request target\n");
+        res.writeHead(400, { "content-type": "application/problem+json", connection: "close" });
+        res.end(problemBody(400, "bad_request", "the request target must be a path such as /v1/events/batch"));
         return;
       }
       const request = new Request(`http://localhost${path}`, {
         method: req.method,
         headers,
-        body: hasBody ? (Readable.toWeb(req) as unknown as ReadableStream<Uint8Array>) : undefined,
+        body: hasBody ? bodyStream(req) : undefined,
         // @ts-expect-error: `duplex` is required for a streamed body but missing from the DOM typings
         duplex: "half",
       });
-      if (req.socket.remoteAddress) peers.set(request, req.socket.remoteAddress.replace(/^::ffff:/, ""));
+      const peer = req.socket.remoteAddress;
+      if (peer) peers.set(request, peer.replace(/^::ffff:/, ""));
       const response = await fetch(request);
-      res.writeHead(response.status, [...response.headers].flat());
-      if (response.body !== null && req.method !== "HEAD") {
-        for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) res.write(chunk);
+      const head = [...response.headers].flat();
+      // A body left unread (the request was refused before or while reading it): a
+      // small one of known length is discarded, so that the connection (and any
+      // request pipelined behind it) goes on; any other is never read: answer,
+      // then close the connection.
+      const unread = hasBody && !req.complete;
+      const declared = Number(req.headers["content-length"] ?? NaN);
+      const drain = unread && response.status !== 413 && declared <= DRAIN_LIMIT;
+      // While stopping, a connection ends with its response: close() waits for every connection.
+      if ((unread && !drain) || stopping) head.push("connection", "close");
+      // Every response of the service is small and in memory: one write.
+      const body = response.body === null || req.method === "HEAD" ? undefined : new Uint8Array(await response.arrayBuffer());
+      res.writeHead(response.status, head);
+      res.end(body, () => {
+        if (unread && !drain) req.socket.destroy();
+      });
+      if (drain) {
+        req.removeAllListeners("data");
+        req.resume();
       }
-      res.end();
     } catch {
       if (!res.headersSent) res.writeHead(500);
       res.end();
     }
   });
-  // Like Bun's default idle timeout: a client that stops sending is cut off.
+  // Like Bun.serve's default idle timeout: a client that stops sending is cut off.
   server.setTimeout(IDLE_TIMEOUT_MS);
   server.headersTimeout = IDLE_TIMEOUT_MS;
+  server.keepAliveTimeout = IDLE_TIMEOUT_MS;
+  limitConnections(server, options);
+  server.on("clientError", (err: NodeJS.ErrnoException, socket: Socket) => answerUnparsable(err, socket));
   await new Promise<void>((resolve, reject) => {
     server.once("error", (err: NodeJS.ErrnoException) => reject(err.code === "EADDRINUSE" ? new AddressInUseError(`${host}:${port} is already in use`) : err));
     server.listen(port, host, () => resolve());
@@ -104,6 +120,7 @@ async function startOnNodeHttp(host: string, port: number, fetch: FetchHandler):
     port: typeof address === "object" && address !== null ? address.port : port,
     stop: () =>
       new Promise<void>((resolve) => {
+        stopping = true;
         server.close(() => resolve());
         // Keep-alive connections with no request would hold close() open.
         server.closeIdleConnections();
@@ -111,6 +128,106 @@ async function startOnNodeHttp(host: string, port: number, fetch: FetchHandler):
     clientAddress: (request) => peers.get(request) ?? null,
   };
 }
+
+/**
+ * A request the HTTP parser cannot read (HTTP/0.9, bare-LF line endings, an
+ * unknown version, conflicting lengths, ...) is the client's mistake: a 400
+ * problem (431 for oversized headers), never a 5xx, then the connection closes.
+ */
+function answerUnparsable(err: NodeJS.ErrnoException, socket: Socket): void {
+  if (!socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const tooLarge = err.code === "HPE_HEADER_OVERFLOW";
+  const status = tooLarge ? 431 : 400;
+  const body = tooLarge
+    ? problemBody(431, "headers_too_large", "the request headers are too large")
+    : problemBody(400, "bad_request", "the request is not valid HTTP/1.1 (request line, CRLF line endings, headers or framing)");
+  socket.end(
+    `HTTP/1.1 ${status} ${tooLarge ? "Request Header Fields Too Large" : "Bad Request"}\r\ncontent-type: application/problem+json\r\n` +
+      `content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+  );
+}
+
+/**
+ * The request body as a web stream, read only when the handler reads it
+ * (authentication and the size check come first). Cheaper than
+ * Readable.toWeb, and a cancel (src/body.ts stops at the size limit) only
+ * stops reading: the response is still written, then the connection closed.
+ */
+function bodyStream(req: IncomingMessage): ReadableStream<Uint8Array> {
+  let cancelled = false;
+  return new ReadableStream<Uint8Array>(
+    {
+      start(controller) {
+        req.on("data", (chunk: Buffer) => {
+          if (cancelled) return;
+          controller.enqueue(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+          if ((controller.desiredSize ?? 0) <= 0) req.pause();
+        });
+        req.pause();
+        req.on("end", () => cancelled || controller.close());
+        req.on("error", (err) => cancelled || controller.error(err));
+        req.on("aborted", () => cancelled || controller.error(new Error("the client went away")));
+      },
+      pull() {
+        req.resume();
+      },
+      cancel() {
+        cancelled = true;
+        req.pause();
+      },
+    },
+    { highWaterMark: 0 },
+  );
+}
+
+/**
+ * Counts open connections per client address and in all; one past either cap
+ * is closed at once, before a byte is read, so that neither one address nor
+ * many together can take the descriptors that storage needs.
+ */
+function limitConnections(server: Server, options: ServerOptions): void {
+  const perIp = new Map<string, number>();
+  const tracked = new Map<Socket, string>();
+  const release = (socket: Socket) => {
+    const ip = tracked.get(socket);
+    if (ip === undefined) return;
+    tracked.delete(socket);
+    const n = (perIp.get(ip) ?? 1) - 1;
+    if (n === 0) perIp.delete(ip);
+    else perIp.set(ip, n);
+    options.onConnections?.(tracked.size);
+  };
+  server.on("connection", (socket: Socket) => {
+    const ip = socket.remoteAddress ?? "";
+    const limits = options.limits();
+    const mine = perIp.get(ip) ?? 0;
+    const refusal: ConnectionRefusal | null = tracked.size >= limits.maxConnections ? "total" : mine >= limits.maxConnectionsPerIp ? "per_ip" : null;
+    if (refusal !== null) {
+      options.onRefused(refusal);
+      socket.destroy();
+      return;
+    }
+    tracked.set(socket, ip);
+    perIp.set(ip, mine + 1);
+    options.onConnections?.(tracked.size);
+    socket.once("close", () => release(socket));
+    socket.once("error", () => release(socket));
+  });
+  // Bun's node:http emits 'connection' late (on the next I/O); a socket that
+  // closed meanwhile may never emit 'close' to us. A cheap sweep keeps the
+  // counts honest, so a flood that has gone never blocks anyone.
+  const sweep = setInterval(() => {
+    for (const socket of tracked.keys()) if (socket.destroyed) release(socket);
+  }, 1000);
+  sweep.unref?.();
+  server.once("close", () => clearInterval(sweep));
+}
+
+/** A refused body of known length up to this is read and discarded to keep the connection; a larger one closes it. */
+const DRAIN_LIMIT = 64 * 1024;
 
 /** Seconds of silence after which a connection is closed (Bun.serve's default, applied on Deno too). */
 const IDLE_TIMEOUT_MS = 10_000;
@@ -138,9 +255,4 @@ function requestPath(target: string): string | null {
   } catch {
     return null;
   }
-}
-
-function addressInUse(err: unknown, host: string, port: number): unknown {
-  const e = err as NodeJS.ErrnoException;
-  return e.code === "EADDRINUSE" || /in use/i.test(e.message) ? new AddressInUseError(`${host}:${port} is already in use`) : err;
 }

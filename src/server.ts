@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import { createFetchHandler, originalRequest } from "./app.ts";
 import { keysFingerprintOf, loadConfig, redactUrl } from "./config.ts";
 import { DataDirInUseError, lockDataDir } from "./data-dir-lock.ts";
@@ -20,6 +21,23 @@ import { RUNTIME, VERSION } from "./version.ts";
 const RETENTION_SWEEP_MS = 5000;
 /** At shutdown, how long the forwarder may finish the batch in flight before it is abandoned (re-sent after the restart). */
 const FORWARDER_STOP_MS = 2000;
+
+/**
+ * Descriptors kept out of reach of client connections: the event log's
+ * segments, the retention sweep, the data-dir lock, stdout, Redis and the
+ * runtime's own need far fewer, so storage never fails for lack of one.
+ */
+const FD_RESERVE = 256;
+
+/** The most connections the soft open-file limit allows with FD_RESERVE kept back; null when unknown. */
+function connectionCapForDescriptors(): number | null {
+  try {
+    const m = /^Max open files\s+(\d+)/m.exec(readFileSync("/proc/self/limits", "utf8"));
+    return m === null ? null : Math.max(1, Number(m[1]) - FD_RESERVE);
+  } catch {
+    return null; // not Linux, or no permission (Deno without --allow-read=/proc)
+  }
+}
 
 /** `payflux serve`: load the config, open the event log, listen, and run until SIGTERM/SIGINT. */
 export async function serve(configFile: string | undefined): Promise<void> {
@@ -127,7 +145,21 @@ export async function serve(configFile: string | undefined): Promise<void> {
   applyConfig(gw, config);
 
   try {
-    server = await startHttpServer(config.host, config.port, createFetchHandler(gw));
+    const fdCap = connectionCapForDescriptors();
+    if (fdCap !== null && fdCap < config.maxConnections) {
+      logger.warn({ max_connections: config.maxConnections, cap: fdCap }, `PAYFLUX_MAX_CONNECTIONS is above what the open-file limit allows with ${FD_RESERVE} descriptors kept for storage; capped at ${fdCap}`);
+    }
+    server = await startHttpServer(config.host, config.port, createFetchHandler(gw), {
+      limits: () => ({
+        maxConnections: fdCap === null ? gw.config.maxConnections : Math.min(gw.config.maxConnections, fdCap),
+        maxConnectionsPerIp: gw.config.maxConnectionsPerIp,
+      }),
+      onRefused: (reason) => {
+        metrics.connectionsRefused.inc({ reason });
+        gw.throttle.warn(`connections_${reason}`, { reason }, "connection refused: too many open connections");
+      },
+      onConnections: (open) => metrics.connectionsOpen.set(open),
+    });
   } catch (err) {
     logger.fatal({ err: (err as Error).message }, err instanceof AddressInUseError ? "the listen address is already in use" : "cannot listen on the configured address");
     process.exit(EXIT.UNAVAILABLE);

@@ -40,6 +40,8 @@ for (const target of E2E_TARGETS) {
   describe(`[${target}] burst, then 429 (BURST=5, RPS=0.01)`, () => {
     let server: Server;
     const accepted: string[] = [];
+    /** When the first request (which created the bucket) was sent and answered, and the 6th. */
+    const at = { firstSent: 0, firstDone: 0, sixthSent: 0, sixthDone: 0, retryAfter: 0 };
     beforeAll(async () => {
       server = await startServer({
         target,
@@ -59,7 +61,9 @@ for (const target of E2E_TARGETS) {
       const remaining: number[] = [];
       for (let i = 0; i < 5; i++) {
         const ev = event();
+        if (i === 0) at.firstSent = performance.now();
         const res = await post(server, SINGLE, ev);
+        if (i === 0) at.firstDone = performance.now();
         expect(res.status).toBe(202);
         expect(await res.json()).toEqual({ accepted: 1, duplicates: 0 });
         accepted.push(ev.event_id as string);
@@ -68,11 +72,25 @@ for (const target of E2E_TARGETS) {
       expect(remaining).toEqual([4, 3, 2, 1, 0]);
     });
 
-    test("the 6th gets 429 with Retry-After, problem+json and RateLimit headers; its body is not stored", async () => {
+    test("the 6th gets 429 with the Retry-After the limiter computes, problem+json and RateLimit headers; its body is not stored", async () => {
       const ev = event();
+      at.sixthSent = performance.now();
       const res = await post(server, SINGLE, ev);
+      at.sixthDone = performance.now();
       expect(rateHeaders(res, 5)).toBe(0);
-      await expectRateLimited(res);
+      at.retryAfter = await expectRateLimited(res);
+      // The same limiter, on a clock bracketing the real one: the bucket was created by the
+      // first request and refilled at 0.01/s until the 6th, so Retry-After is ceil(100 - elapsed).
+      const expected = (elapsedMs: number) => {
+        const limiter = new RateLimiter(0.01, 5);
+        for (let i = 0; i < 5; i++) limiter.take("k", 0);
+        return limiter.take("k", elapsedMs).retryAfterSeconds;
+      };
+      const lo = expected(at.sixthDone - at.firstSent);
+      const hi = expected(at.sixthSent - at.firstDone);
+      expect(lo).toBeGreaterThan(90);
+      expect(at.retryAfter).toBeGreaterThanOrEqual(lo);
+      expect(at.retryAfter).toBeLessThanOrEqual(hi);
       const stored = (await storedEvents(server.dataDir)).map((e) => e.event_id);
       expect(stored).toEqual(accepted);
       expect(stored).not.toContain(ev.event_id);
@@ -84,7 +102,8 @@ for (const target of E2E_TARGETS) {
       expect(line.client_ip).toBe("127.0.0.1");
       expect(line.endpoint).toBe(SINGLE);
       expect(line.key_id).toMatch(/^[0-9a-f]{12}$/);
-      expect(line.retry_after).toBeGreaterThanOrEqual(1);
+      // The log line carries the very value the client got.
+      expect(line.retry_after).toBe(at.retryAfter);
     });
 
     test("the 429 is counted under its endpoint and as a rejection", async () => {

@@ -16,6 +16,7 @@ declare -A NEEDED=(
   [strace]=strace
   [setpriv]=util-linux
   [unshare]=util-linux
+  [prlimit]=util-linux
 )
 
 missing=()

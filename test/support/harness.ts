@@ -84,6 +84,8 @@ export interface StartOptions {
   waitReady?: boolean;
   /** A command the service runs under, e.g. ["strace", "-f", "-o", file]. */
   wrap?: string[];
+  /** Run under this open-file limit (soft and hard), via prlimit(1). */
+  nofile?: number;
 }
 
 export interface Server {
@@ -134,7 +136,8 @@ export async function startServer(opts: StartOptions = {}): Promise<Server> {
   });
   const target = opts.target ?? (opts.binary ? "bun-binary" : "bun");
   if (target.endsWith("-binary")) await ensureBinary(target as "bun-binary" | "deno-binary");
-  const proc = Bun.spawn([...(opts.wrap ?? []), ...command(target, dataDir), ...(opts.args ?? [])], { env, stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+  const limit = opts.nofile === undefined ? [] : ["prlimit", `--nofile=${opts.nofile}:${opts.nofile}`, "--"];
+  const proc = Bun.spawn([...(opts.wrap ?? []), ...limit, ...command(target, dataDir), ...(opts.args ?? [])], { env, stdout: "pipe", stderr: "pipe", stdin: "ignore" });
   const stdout: string[] = [];
   let stderrText = "";
   const waiters = new Set<() => void>();

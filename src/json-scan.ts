@@ -1,0 +1,200 @@
+/**
+ * A single pass over the bytes of a JSON text, before JSON.parse builds
+ * anything: refuses nesting deeper than MAX_DEPTH (so a hostile body costs
+ * time proportional to its size, never a deep parse or a deep stringify), and
+ * notes, for each event object, the facts JSON.parse would hide: a known
+ * member written twice (JSON.parse keeps the last silently) and the literal
+ * text of `retry_count` (JSON.parse turns `100.0000000000000001` into 100 and
+ * `-0` into 0). It does not check the JSON otherwise: JSON.parse does, after.
+ */
+
+/** Deepest nesting accepted anywhere in a body: the outermost array or object is level 1. */
+export const MAX_DEPTH = 32;
+
+/** What the scan learnt about one event object. */
+export interface EventFacts {
+  /** Known members that appear more than once, each named once. */
+  duplicates: string[];
+  /** The literal text of `retry_count` when it is a number, else null. */
+  retryCount: string | null;
+}
+
+export type ScanOutcome = "ok" | "too_deep" | "too_many";
+
+const QUOTE = 0x22;
+const BACKSLASH = 0x5c;
+const OPEN_OBJECT = 0x7b;
+const CLOSE_OBJECT = 0x7d;
+const OPEN_ARRAY = 0x5b;
+const CLOSE_ARRAY = 0x5d;
+const COMMA = 0x2c;
+const COLON = 0x3a;
+
+const ascii = new TextEncoder();
+const decoder = new TextDecoder();
+
+/**
+ * Scans `bytes[start, end)`. Event objects sit at `eventDepth`: 1 for a single
+ * event (or one NDJSON line), 2 for the elements of a batch array. Facts go to
+ * `facts[firstIndex + i]` for the i-th event; at most `maxEvents` events are
+ * counted before the scan stops with "too_many".
+ */
+export function scanJson(
+  bytes: Uint8Array,
+  start: number,
+  end: number,
+  eventDepth: 1 | 2,
+  known: KnownMembers,
+  facts: EventFacts[],
+  firstIndex: number,
+  maxEvents: number,
+): ScanOutcome {
+  let depth = 0;
+  // Element index within the top-level array (batch), or 0.
+  let element = 0;
+  let topIsArray = false;
+  let inEvent = false;
+  let expectKey = false;
+  let keyStart = -1;
+  let keyEscaped = false;
+  let current: EventFacts | null = null;
+  let seen = 0; // bit set of known members seen in the current event
+  let retryValueStart = -1;
+  let inString = false;
+
+  for (let i = start; i < end; i++) {
+    const b = bytes[i]!;
+    if (inString) {
+      if (b === BACKSLASH) {
+        i++;
+        if (keyStart >= 0) keyEscaped = true;
+      } else if (b === QUOTE) {
+        inString = false;
+        if (keyStart >= 0) {
+          const bit = known.lookup(bytes, keyStart, i, keyEscaped);
+          if (bit !== 0 && current !== null) {
+            if ((seen & bit) !== 0) {
+              const name = known.nameOf(bit);
+              if (!current.duplicates.includes(name)) current.duplicates.push(name);
+            }
+            seen |= bit;
+            retryValueStart = bit === known.retryCountBit ? -2 : -1; // -2: the value follows the colon
+          } else retryValueStart = -1;
+          keyStart = -1;
+        }
+      }
+      continue;
+    }
+    switch (b) {
+      case QUOTE:
+        inString = true;
+        if (inEvent && expectKey && depth === eventDepth) {
+          keyStart = i + 1;
+          keyEscaped = false;
+          expectKey = false;
+        }
+        break;
+      case OPEN_OBJECT:
+      case OPEN_ARRAY:
+        if (++depth > MAX_DEPTH) return "too_deep";
+        if (depth === 1) topIsArray = b === OPEN_ARRAY;
+        if (depth === eventDepth && b === OPEN_OBJECT && (eventDepth === 1 || topIsArray)) {
+          const index = firstIndex + (eventDepth === 1 ? 0 : element);
+          if (index - firstIndex >= maxEvents) return "too_many";
+          current = facts[index] = { duplicates: [], retryCount: null };
+          inEvent = true;
+          expectKey = true;
+          seen = 0;
+        }
+        break;
+      case CLOSE_OBJECT:
+      case CLOSE_ARRAY:
+        if (depth === eventDepth && inEvent) {
+          endMember(bytes, retryValueStart, i, current);
+          retryValueStart = -1;
+          inEvent = false;
+          current = null;
+        }
+        if (depth > 0) depth--;
+        break;
+      case COMMA:
+        if (depth === eventDepth && inEvent) {
+          endMember(bytes, retryValueStart, i, current);
+          retryValueStart = -1;
+          expectKey = true;
+        } else if (depth === 1 && topIsArray && eventDepth === 2 && ++element >= maxEvents) {
+          // One element more than allowed has started (or a trailing comma JSON.parse refuses).
+          return "too_many";
+        }
+        break;
+      case COLON:
+        if (depth === eventDepth && inEvent && retryValueStart === -2) retryValueStart = i + 1;
+        break;
+    }
+  }
+  return "ok";
+}
+
+/** Records the literal of retry_count (the member that just ended) when it is a number. */
+function endMember(bytes: Uint8Array, valueStart: number, valueEnd: number, current: EventFacts | null): void {
+  if (valueStart < 0 || current === null) return;
+  let a = valueStart;
+  let z = valueEnd;
+  while (a < z && isSpace(bytes[a]!)) a++;
+  while (z > a && isSpace(bytes[z - 1]!)) z--;
+  const first = bytes[a];
+  if (first === undefined || !(first === 0x2d || (first >= 0x30 && first <= 0x39))) return;
+  current.retryCount = decoder.decode(bytes.subarray(a, z));
+}
+
+function isSpace(b: number): boolean {
+  return b === 0x20 || b === 0x09 || b === 0x0a || b === 0x0d;
+}
+
+/** The member names whose repetition is refused, matched on raw bytes (decoded only when escaped). */
+export class KnownMembers {
+  private readonly names: string[];
+  private readonly encoded: Uint8Array[];
+  private readonly byName = new Map<string, number>();
+  readonly retryCountBit: number;
+
+  constructor(names: readonly string[]) {
+    if (names.length > 30) throw new Error("at most 30 known members");
+    this.names = [...names];
+    this.encoded = this.names.map((n) => ascii.encode(n));
+    this.names.forEach((n, i) => this.byName.set(n, 1 << i));
+    this.retryCountBit = this.byName.get("retry_count") ?? 0;
+  }
+
+  /** The bit of the member named by bytes[a, z) (JSON string content), or 0. */
+  lookup(bytes: Uint8Array, a: number, z: number, escaped: boolean): number {
+    if (escaped) {
+      // `"event\u005fid"` is `event_id` to JSON.parse: decode the (short) key to compare.
+      if (z - a > 256) return 0;
+      try {
+        const name = JSON.parse(`"${decoder.decode(bytes.subarray(a, z))}"`) as string;
+        return this.byName.get(name) ?? 0;
+      } catch {
+        return 0;
+      }
+    }
+    const len = z - a;
+    for (let k = 0; k < this.encoded.length; k++) {
+      const e = this.encoded[k]!;
+      if (e.length !== len) continue;
+      let same = true;
+      for (let j = 0; j < len; j++) {
+        if (bytes[a + j] !== e[j]) {
+          same = false;
+          break;
+        }
+      }
+      if (same) return 1 << k;
+    }
+    return 0;
+  }
+
+  nameOf(bit: number): string {
+    return this.names[31 - Math.clz32(bit)]!;
+  }
+}
