@@ -1,5 +1,6 @@
 import { keyIdOf, type AuthResult, type DenialReason } from "./auth.ts";
 import { readBody } from "./body.ts";
+import { ACCEPT_ENCODING } from "./decompress.ts";
 import type { Config } from "./config.ts";
 import { dedupKey, validateEvent, type FieldError, type PaymentEvent } from "./events.ts";
 import type { Gateway } from "./gateway.ts";
@@ -90,6 +91,10 @@ async function ingestEvents(gw: Gateway, config: Config, request: Request, route
 
   const body = await readBody(request, config.maxBodyBytes);
   if (!body.ok && body.reason === "too_large") return reject(gw, 413, "payload_too_large", `request body is larger than ${config.maxBodyBytes} bytes`);
+  if (!body.ok && body.reason === "unsupported_encoding") {
+    return reject(gw, 415, "unsupported_media_type", `Content-Encoding must be one of ${ACCEPT_ENCODING} (or none)`, {}, { "accept-encoding": ACCEPT_ENCODING });
+  }
+  if (!body.ok && body.reason === "corrupt_encoding") return reject(gw, 400, "malformed_encoding", "the compressed request body cannot be decompressed; nothing was stored");
   if (!body.ok) return reject(gw, 400, "incomplete_body", "the request body ended before it was complete; nothing was stored");
   let text: string;
   try {

@@ -14,6 +14,7 @@ export const REJECT_REASONS = [
   "rate_limited",
   "malformed_json",
   "incomplete_body",
+  "malformed_encoding",
   "payload_too_large",
   "batch_too_large",
   "empty_batch",

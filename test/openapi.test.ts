@@ -162,6 +162,11 @@ for (const target of E2E_TARGETS) {
       expect(await conforms(await g(SINGLE, "<xml/>", { contentType: "application/xml" }), "POST", SINGLE)).toMatchObject({ code: "unsupported_media_type" });
       expect(await conforms(await g(BATCH, "<xml/>", { contentType: "text/plain" }), "POST", BATCH)).toMatchObject({ code: "unsupported_media_type" });
       expect(await conforms(await g(BATCH, "[nope"), "POST", BATCH)).toMatchObject({ code: "malformed_json" });
+      const gzip = { headers: { "content-encoding": "gzip" } };
+      expect(await conforms(await g(BATCH, "not gzip", gzip), "POST", BATCH)).toMatchObject({ code: "malformed_encoding" });
+      expect(await conforms(await g(SINGLE, "{}", { headers: { "content-encoding": "br" } }), "POST", SINGLE)).toMatchObject({ code: "unsupported_media_type" });
+      const gzipped = await fetch(guarded.url + BATCH, { method: "POST", headers: { authorization: `Bearer ${KEY}`, ...gzip.headers }, body: Bun.gzipSync(JSON.stringify([event()])) });
+      expect(await conforms(gzipped, "POST", BATCH)).toEqual({ accepted: 1, duplicates: 0 });
       expect(await conforms(await g(SINGLE, event({ event_id: "nope" })), "POST", SINGLE)).toMatchObject({ code: "validation_failed", errors: [{ index: 0, field: "event_id" }] });
       expect(await conforms(await g(SINGLE, event(), { key: null }), "POST", SINGLE)).toMatchObject({ code: "missing_key" });
       expect(await conforms(await g(BATCH, [event()], { key: "openapi-not-a-key-0123456789" }), "POST", BATCH)).toMatchObject({ code: "invalid_key" });
