@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { loadConfig, redactUrl } from "./config.ts";
+import { describeCert } from "./tls.ts";
 import { EXIT } from "./exit-codes.ts";
 import { serve } from "./server.ts";
 import { RUNTIME, VERSION } from "./version.ts";
@@ -77,7 +78,8 @@ function checkConfig(configFile: string | undefined): void {
     [
       `config OK (${c.source})`,
       `  keys:         ${c.keys.activeCount} active, ${c.keys.revokedCount} revoked`,
-      `  listen:       ${c.host}:${c.port}`,
+      `  listen:       ${c.host}:${c.port} (${c.tls === null ? "HTTP" : "HTTPS only"})`,
+      `  tls:          ${c.tls === null ? "off" : `${c.tls.certFile}: ${describeCert(c.tls)}`}`,
       `  data dir:     ${c.dataDir}`,
       `  rate limit:   ${c.ingestRps}/s per key, burst ${c.ingestBurst}`,
       `  limits:       body ${c.maxBodyBytes} bytes, batch ${c.maxBatch} events, dedup window ${c.dedupWindowMs / 1000}s`,

@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { KeyRing, keyDigest } from "./auth.ts";
 import { parseEnvFile } from "./env-file.ts";
+import { loadTls, type TlsMaterial } from "./tls.ts";
 
 /**
  * Every variable the service reads, with its default and meaning. The README,
@@ -32,6 +33,8 @@ export const VARIABLES = {
   PAYFLUX_FORWARD_REDIS_URL: { default: "", help: "redis:// or rediss:// URL: forward every event to a Redis stream (empty: off)" },
   PAYFLUX_FORWARD_STREAM: { default: "events_stream", help: "Redis stream the events are added to (XADD)" },
   PAYFLUX_FORWARD_MAXLEN: { default: "200000", help: "approximate length the stream is trimmed to (XADD MAXLEN ~)" },
+  PAYFLUX_TLS_CERT_FILE: { default: "", help: "PEM certificate (chain) file; with PAYFLUX_TLS_KEY_FILE the listener speaks HTTPS only; re-read on SIGHUP" },
+  PAYFLUX_TLS_KEY_FILE: { default: "", help: "PEM private key of that certificate; a relative name is looked up in $CREDENTIALS_DIRECTORY (systemd LoadCredential=)" },
 } as const;
 
 export type VariableName = keyof typeof VARIABLES;
@@ -67,6 +70,8 @@ export interface Config {
   forwardRedisUrl: string | null;
   forwardStream: string;
   forwardMaxlen: number;
+  /** HTTPS certificate and key (key material: never log it), or null for plain HTTP. */
+  tls: TlsMaterial | null;
   /** "environment" or the env file's path. */
   source: string;
   /** 12 hex characters that change whenever the effective config changes. */
@@ -182,6 +187,7 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
   const forwardStream = get("PAYFLUX_FORWARD_STREAM");
   if (!/^[\x21-\x7e]{1,256}$/.test(forwardStream)) errors.push("PAYFLUX_FORWARD_STREAM must be 1 to 256 printable characters without spaces");
   const forwardMaxlen = integer("PAYFLUX_FORWARD_MAXLEN", get("PAYFLUX_FORWARD_MAXLEN"), { min: 1, max: 1_000_000_000 }, errors);
+  const tls = loadTls(get("PAYFLUX_TLS_CERT_FILE"), get("PAYFLUX_TLS_KEY_FILE"), merged.CREDENTIALS_DIRECTORY, errors, warnings);
 
   if (errors.length > 0) return { ok: false, errors, warnings };
 
@@ -189,7 +195,7 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
   const config: Config = {
     keys, ingestRps, ingestBurst, host, port, dataDir, logLevel, maxBodyBytes, maxBatch, dedupWindowMs,
     metricsEnabled, metricsTokenDigest, shutdownTimeoutMs, segmentBytes, retentionMs, storageMaxBytes, dedupMaxIds,
-    forwardRedisUrl: forwardUrl === "" ? null : forwardUrl, forwardStream, forwardMaxlen,
+    forwardRedisUrl: forwardUrl === "" ? null : forwardUrl, forwardStream, forwardMaxlen, tls,
     source: file ?? "environment", fingerprint: "", warnings,
   };
   config.fingerprint = fingerprintOf(config);
@@ -198,8 +204,9 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
 
 /** 12 hex characters over every effective setting (keys as digests), the same on every instance. */
 export function fingerprintOf(c: Config): string {
-  const { keys, source: _source, fingerprint: _fingerprint, warnings: _warnings, ...settings } = c;
-  const effective = { active: keys.activeDigests().sort(), revoked: keys.revokedDigests().sort(), ...settings };
+  const { keys, source: _source, fingerprint: _fingerprint, warnings: _warnings, tls, ...settings } = c;
+  // The certificate counts by its digest; the key never enters the fingerprint.
+  const effective = { active: keys.activeDigests().sort(), revoked: keys.revokedDigests().sort(), ...settings, ...(tls ? { tls: tls.sha256 } : {}) };
   return createHash("sha256").update(JSON.stringify(effective)).digest("hex").slice(0, 12);
 }
 

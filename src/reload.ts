@@ -2,6 +2,7 @@ import { fingerprintOf, loadConfig, SETTING_VARIABLE, type Config } from "./conf
 import type { LogLimits } from "./event-log.ts";
 import type { Gateway } from "./gateway.ts";
 import { setKeyCounts } from "./metrics.ts";
+import type { TlsMaterial } from "./tls.ts";
 
 /** Settings bound at start-up; a changed value waits for a restart. */
 const RESTART_ONLY = ["host", "port", "dataDir", "forwardRedisUrl", "forwardStream", "forwardMaxlen"] as const;
@@ -19,21 +20,29 @@ export function applyConfig(gw: Gateway, next: Config): void {
   gw.log.setLimits(logLimits(next));
   gw.logger.level = next.logLevel;
   setKeyCounts(gw.metrics, next.keys.activeCount, next.keys.revokedCount);
+  if (next.tls !== null) gw.metrics.tlsCertExpiry.set(next.tls.notAfter.getTime() / 1000);
 }
 
 /**
  * Re-reads the config (SIGHUP) through the same loader and validator as
  * start-up. A bad config changes nothing: the service keeps the one in force.
  */
-export function reloadConfig(gw: Gateway, env: Record<string, string | undefined>, configFile: string | undefined): boolean {
+export function reloadConfig(
+  gw: Gateway,
+  env: Record<string, string | undefined>,
+  configFile: string | undefined,
+  /** Puts a new certificate in service for new handshakes (HTTPS only); throws when it cannot. */
+  swapTls?: (tls: TlsMaterial) => void,
+): boolean {
   const result = loadConfig(env, configFile);
   const { metrics, logger } = gw;
-  if (!result.ok) {
+  const fail = (errors: string[]) => {
     metrics.reloads.inc({ result: "failure" });
     metrics.lastReloadSuccessful.set(0);
-    logger.error({ errors: result.errors }, `config reload failed, keeping the config in force: ${result.errors.join("; ")}`);
+    logger.error({ errors }, `config reload failed, keeping the config in force: ${errors.join("; ")}`);
     return false;
-  }
+  };
+  if (!result.ok) return fail(result.errors);
   const prev = gw.config;
   const candidate = result.config;
   // Restart-only settings keep their running value.
@@ -42,6 +51,19 @@ export function reloadConfig(gw: Gateway, env: Record<string, string | undefined
     (next as unknown as Record<string, unknown>)[name] = prev[name];
     const variable = SETTING_VARIABLE[name];
     if (candidate[name] !== prev[name]) logger.warn({ variable }, `${variable} changed in the config but only takes effect after a restart`);
+  }
+  // Turning HTTPS on or off changes the listener: restart-only. A new pair is re-read on every reload.
+  if ((candidate.tls === null) !== (prev.tls === null)) {
+    next.tls = prev.tls;
+    logger.warn({ variable: "PAYFLUX_TLS_CERT_FILE" }, "turning HTTPS on or off only takes effect after a restart");
+  }
+  const tlsChanged = next.tls !== null && prev.tls !== null && (next.tls.sha256 !== prev.tls.sha256 || next.tls.key !== prev.tls.key);
+  if (tlsChanged && swapTls !== undefined) {
+    try {
+      swapTls(next.tls!);
+    } catch (err) {
+      return fail([`the new certificate could not be put in service (${(err as Error).message}); the old one is still served`]);
+    }
   }
   // The fingerprint describes the config in force, not the file.
   next.fingerprint = fingerprintOf(next);
@@ -53,6 +75,7 @@ export function reloadConfig(gw: Gateway, env: Record<string, string | undefined
     keys_removed: [...before].filter((d) => !after.has(d)).length,
     keys_revoked: next.keys.revokedDigests().filter((d) => !prevRevoked.has(d)).length,
     changed_settings: SETTINGS.filter((n) => next[n] !== prev[n]).map((n) => SETTING_VARIABLE[n]),
+    ...(tlsChanged ? { tls_certificate: { subject: next.tls!.subject, not_after: next.tls!.notAfter.toISOString(), sha256: next.tls!.sha256 } } : {}),
     config_fingerprint: next.fingerprint,
   };
   for (const w of candidate.warnings) logger.warn(w);

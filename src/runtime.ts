@@ -1,4 +1,6 @@
-import { createServer } from "node:http";
+import { constants } from "node:crypto";
+import { createServer, type RequestListener } from "node:http";
+import { createServer as createHttpsServer } from "node:https";
 import { Readable } from "node:stream";
 import { MAX_BODY_CEILING } from "./config.ts";
 
@@ -60,9 +62,9 @@ function startOnBun(host: string, port: number, fetch: FetchHandler): HttpServer
  * in-flight requests as it does on Bun. node:http's close() stops accepting
  * and lets them finish.
  */
-async function startOnNodeHttp(host: string, port: number, fetch: FetchHandler): Promise<HttpServer> {
+async function startOnNodeHttp(host: string, port: number, fetch: FetchHandler, tls?: TlsPair): Promise<HttpServer & { readonly server: ReturnType<typeof createServer> }> {
   const peers = new WeakMap<Request, string>();
-  const server = createServer(async (req, res) => {
+  const handler: RequestListener = async (req, res) => {
     try {
       const headers = new Headers();
       for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) headers.append(req.rawHeaders[i]!, req.rawHeaders[i + 1]!);
@@ -91,7 +93,8 @@ async function startOnNodeHttp(host: string, port: number, fetch: FetchHandler):
       if (!res.headersSent) res.writeHead(500);
       res.end();
     }
-  });
+  };
+  const server = tls === undefined ? createServer(handler) : (createHttpsServer(nodeTlsOptions(tls), handler) as unknown as ReturnType<typeof createServer>);
   // Like Bun's default idle timeout: a client that stops sending is cut off.
   server.setTimeout(IDLE_TIMEOUT_MS);
   server.headersTimeout = IDLE_TIMEOUT_MS;
@@ -101,6 +104,7 @@ async function startOnNodeHttp(host: string, port: number, fetch: FetchHandler):
   });
   const address = server.address();
   return {
+    server,
     port: typeof address === "object" && address !== null ? address.port : port,
     stop: () =>
       new Promise<void>((resolve) => {
@@ -129,4 +133,107 @@ function requestPath(target: string): string | null {
 function addressInUse(err: unknown, host: string, port: number): unknown {
   const e = err as NodeJS.ErrnoException;
   return e.code === "EADDRINUSE" || /in use/i.test(e.message) ? new AddressInUseError(`${host}:${port} is already in use`) : err;
+}
+
+/** A certificate (PEM, chain included) and its private key (PEM). */
+export interface TlsPair {
+  cert: string;
+  key: string;
+}
+
+export interface HttpsServer extends HttpServer {
+  /** New handshakes use this pair from now on; connections already open keep theirs. Throws when it cannot. */
+  setTls(tls: TlsPair): void;
+}
+
+/** TLS 1.2 ciphers: forward secrecy and AEAD only (Mozilla "intermediate"); TLS 1.3 suites are all modern. */
+const TLS12_CIPHERS = [
+  "ECDHE-ECDSA-AES128-GCM-SHA256",
+  "ECDHE-RSA-AES128-GCM-SHA256",
+  "ECDHE-ECDSA-AES256-GCM-SHA384",
+  "ECDHE-RSA-AES256-GCM-SHA384",
+  "ECDHE-ECDSA-CHACHA20-POLY1305",
+  "ECDHE-RSA-CHACHA20-POLY1305",
+].join(":");
+
+function nodeTlsOptions(tls: TlsPair) {
+  return { cert: tls.cert, key: tls.key, minVersion: "TLSv1.2" as const, ciphers: TLS12_CIPHERS, honorCipherOrder: true };
+}
+
+/**
+ * Starts an HTTPS-only listener whose certificate can be replaced while it
+ * runs (SIGHUP). Bun's `server.reload({ tls })` keeps serving the old
+ * certificate and its node:https has no setSecureContext, so on Bun a new
+ * listener takes over the port (SO_REUSEPORT) with the new pair and the old
+ * one stops accepting and drains. On Deno, node:https's setSecureContext()
+ * swaps the certificate of the one listener.
+ */
+export async function startHttpsServer(host: string, port: number, fetch: FetchHandler, tls: TlsPair): Promise<HttpsServer> {
+  if (onDeno) {
+    const s = await startOnNodeHttp(host, port, fetch, tls);
+    return { ...s, setTls: (next) => (s.server as unknown as HttpsServer & { setSecureContext(o: object): void }).setSecureContext(nodeTlsOptions(next)) };
+  }
+  return startHttpsOnBun(host, port, fetch, tls);
+}
+
+function startHttpsOnBun(host: string, port: number, fetch: FetchHandler, tls: TlsPair): HttpsServer {
+  const listen = (p: number, pair: TlsPair | undefined, reusePort: boolean) =>
+    Bun.serve({
+      hostname: host,
+      port: p,
+      reusePort,
+      maxRequestBodySize: MAX_BODY_CEILING + 1,
+      development: false,
+      fetch,
+      ...(pair === undefined
+        ? {}
+        : {
+            tls: {
+              cert: pair.cert,
+              key: pair.key,
+              ciphers: TLS12_CIPHERS,
+              secureOptions: constants.SSL_OP_NO_SSLv2 | constants.SSL_OP_NO_SSLv3 | constants.SSL_OP_NO_TLSv1 | constants.SSL_OP_NO_TLSv1_1,
+            },
+          }),
+    });
+  // The hand-over needs SO_REUSEPORT on every listener of the port, which
+  // would let a second payflux share it silently. So the port is first bound
+  // exclusively: a port in use fails loudly here, as without HTTPS; once it is
+  // ours, a second process's exclusive bind fails too.
+  let bound: number;
+  try {
+    const probe = listen(port, undefined, false);
+    bound = probe.port ?? port;
+    probe.stop(true);
+  } catch (err) {
+    throw addressInUse(err, host, port);
+  }
+  let current: ReturnType<typeof Bun.serve>;
+  try {
+    current = listen(bound, tls, true);
+  } catch (err) {
+    throw addressInUse(err, host, bound);
+  }
+  /** Listeners replaced by a newer certificate, still finishing their connections. */
+  const retired = new Map<ReturnType<typeof Bun.serve>, Promise<void>>();
+  return {
+    port: bound,
+    setTls(next) {
+      const fresh = listen(bound, next, true); // throws (nothing changed) when it cannot
+      const old = current;
+      current = fresh;
+      // Stops accepting; requests in flight on its connections finish.
+      retired.set(old, old.stop().finally(() => retired.delete(old)));
+    },
+    stop: async () => {
+      await Promise.all([current.stop(), ...retired.values()]);
+    },
+    clientAddress(request) {
+      for (const s of [current, ...retired.keys()]) {
+        const ip = s.requestIP(request);
+        if (ip) return ip.address;
+      }
+      return null;
+    },
+  };
 }

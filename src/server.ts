@@ -9,7 +9,7 @@ import { RateLimiter } from "./limiter.ts";
 import { createLogger, LogThrottle } from "./logger.ts";
 import { createMetrics } from "./metrics.ts";
 import { applyConfig, logLimits, reloadConfig } from "./reload.ts";
-import { AddressInUseError, startHttpServer, type HttpServer } from "./runtime.ts";
+import { AddressInUseError, startHttpServer, startHttpsServer, type HttpServer, type HttpsServer } from "./runtime.ts";
 import { EXIT } from "./exit-codes.ts";
 import { RUNTIME, VERSION } from "./version.ts";
 
@@ -109,8 +109,11 @@ export async function serve(configFile: string | undefined): Promise<void> {
   };
   applyConfig(gw, config);
 
+  // With a certificate the listener speaks HTTPS only; SIGHUP can replace the certificate (see reloadConfig).
+  let https: HttpsServer | undefined;
   try {
-    server = await startHttpServer(config.host, config.port, createFetchHandler(gw));
+    const handler = createFetchHandler(gw);
+    server = config.tls !== null ? (https = await startHttpsServer(config.host, config.port, handler, config.tls)) : await startHttpServer(config.host, config.port, handler);
   } catch (err) {
     logger.fatal({ err: (err as Error).message }, err instanceof AddressInUseError ? "the listen address is already in use" : "cannot listen on the configured address");
     process.exit(EXIT.UNAVAILABLE);
@@ -119,7 +122,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
     {
       version: VERSION,
       runtime: RUNTIME,
-      address: `http://${config.host.includes(":") ? `[${config.host}]` : config.host}:${server.port}`,
+      address: `${config.tls !== null ? "https" : "http"}://${config.host.includes(":") ? `[${config.host}]` : config.host}:${server.port}`,
       port: server.port,
       keys: { active: config.keys.activeCount, revoked: config.keys.revokedCount },
       config_source: config.source,
@@ -127,6 +130,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
       data_dir: config.dataDir,
       segment: log.segmentPath,
       dedup_ids_restored: restored.length,
+      ...(config.tls !== null ? { tls: { subject: config.tls.subject, subject_alt_names: config.tls.subjectAltNames, not_after: config.tls.notAfter.toISOString() } } : {}),
       ...(config.forwardRedisUrl !== null ? { forward: { stream: config.forwardStream, url: redactUrl(config.forwardRedisUrl) } } : {}),
     },
     "payflux listening",
@@ -148,7 +152,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
     reloadQueued = true;
     setTimeout(() => {
       reloadQueued = false;
-      reloadConfig(gw, env, configFile);
+      reloadConfig(gw, env, configFile, https?.setTls);
     }, 0);
   };
 
