@@ -96,6 +96,7 @@ export async function decompressBody(body: ReadableStream<Uint8Array>, format: F
       if (produced > limit) {
         refused = true;
         await reader.cancel().catch(() => {});
+        await feed; // reads off what is left of the upload (at most `limit` bytes), so the client gets the answer
         return { ok: false, reason: "too_large" };
       }
       chunks.push(value);
@@ -103,6 +104,7 @@ export async function decompressBody(body: ReadableStream<Uint8Array>, format: F
     await feed;
   } catch {
     refused = true;
+    await feed;
     return { ok: false, reason: inputOutcome ?? "corrupt" };
   }
   if (inputOutcome !== null) return { ok: false, reason: inputOutcome };

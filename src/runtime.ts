@@ -84,6 +84,9 @@ async function startOnNodeHttp(host: string, port: number, fetch: FetchHandler, 
       });
       if (req.socket.remoteAddress) peers.set(request, req.socket.remoteAddress.replace(/^::ffff:/, ""));
       const response = await fetch(request);
+      // Deno's node:http does not discard a body left unread (a request refused before reading it):
+      // the next request on the connection would hang, so the connection ends with this answer.
+      if (hasBody && !req.complete) res.setHeader("connection", "close");
       res.writeHead(response.status, [...response.headers].flat());
       if (response.body !== null && req.method !== "HEAD") {
         for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) res.write(chunk);
