@@ -297,3 +297,45 @@ describe("HTTPS configuration errors (exit 78, naming the variable, never the ke
     expect(r.stdout).toContain("CN=payflux-a");
   });
 });
+
+describe("systemd/README.md: the key as a credential, and the renewal hook", () => {
+  const guide = readFileSync(join(import.meta.dir, "..", "systemd", "README.md"), "utf8");
+  const heredoc = (tag: string) => {
+    const m = new RegExp(`<<'${tag}'\\n([\\s\\S]*?)\\n${tag}\\n`).exec(guide);
+    if (m === null) throw new Error(`no <<'${tag}' block in systemd/README.md`);
+    return m[1]!;
+  };
+
+  test("the LoadCredential= drop-in verifies clean with the shipped unit, and the env lines name the credential", async () => {
+    const dropIn = heredoc("UNIT");
+    expect(dropIn).toMatch(/^LoadCredential=payflux-tls\.key:\/etc\/letsencrypt\/live\/\S+\/privkey\.pem$/m);
+    const verify = async (text: string) => {
+      const d = tempDir("payflux-unit-");
+      const unit = readFileSync(join(import.meta.dir, "..", "systemd", "payflux.service"), "utf8").replaceAll("/usr/local/bin/payflux", process.execPath);
+      writeFileSync(join(d, "payflux.service"), unit);
+      (await import("node:fs")).mkdirSync(join(d, "payflux.service.d"));
+      writeFileSync(join(d, "payflux.service.d", "tls.conf"), text);
+      const p = Bun.spawn(["systemd-analyze", "verify", join(d, "payflux.service")], { cwd: d, stdout: "pipe", stderr: "pipe", env: { PATH: process.env.PATH ?? "/usr/bin:/bin", SYSTEMD_COLORS: "0" } });
+      const [code, stderr] = await Promise.all([p.exited, new Response(p.stderr).text()]);
+      return { code, stderr };
+    };
+    expect(await verify(dropIn + "\n")).toEqual({ code: 0, stderr: "" });
+    // The drop-in is really read: a misspelt key is reported.
+    expect((await verify(dropIn.replace("LoadCredential=", "LoadCredentialX=") + "\n")).stderr).toContain("LoadCredentialX");
+    const env = heredoc("ENV");
+    expect(env).toContain("PAYFLUX_TLS_KEY_FILE=payflux-tls.key");
+    expect(env).toMatch(/^PAYFLUX_TLS_CERT_FILE=\/etc\/payflux\/tls\/fullchain\.pem$/m);
+  });
+
+  test("the certbot deploy hook is valid sh, installs the new chain atomically and runs systemctl reload payflux", async () => {
+    const hook = heredoc("HOOK");
+    const syntax = await run(["sh", "-n", "-c", hook]);
+    expect({ code: syntax.code, stderr: syntax.stderr }).toEqual({ code: 0, stderr: "" });
+    const lines = hook.split("\n");
+    const mv = lines.findIndex((l) => /^mv \S+\.new \/etc\/payflux\/tls\/fullchain\.pem$/.test(l));
+    expect(mv).toBeGreaterThan(0);
+    expect(lines.findIndex((l) => l === "systemctl reload payflux")).toBeGreaterThan(mv);
+    expect(guide).toContain("--reuse-key");
+    expect(guide).toContain("--deploy-hook");
+  });
+});
