@@ -1,7 +1,7 @@
-import { constants } from "node:crypto";
-import { createServer, type RequestListener } from "node:http";
+import { createServer, type IncomingMessage, type RequestListener, type ServerResponse } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
-import { Readable } from "node:stream";
+import { createServer as createTlsServer, type Server as TlsServer } from "node:tls";
+import { Readable, type Duplex } from "node:stream";
 import { MAX_BODY_CEILING } from "./config.ts";
 
 /**
@@ -62,7 +62,7 @@ function startOnBun(host: string, port: number, fetch: FetchHandler): HttpServer
  * in-flight requests as it does on Bun. node:http's close() stops accepting
  * and lets them finish.
  */
-async function startOnNodeHttp(host: string, port: number, fetch: FetchHandler, tls?: TlsPair): Promise<HttpServer & { readonly server: ReturnType<typeof createServer> }> {
+async function startOnNodeHttp(host: string, port: number, fetch: FetchHandler, tls?: TlsPair): Promise<HttpServer & { readonly listener: ReturnType<typeof createServer> | TlsServer }> {
   const peers = new WeakMap<Request, string>();
   const handler: RequestListener = async (req, res) => {
     try {
@@ -97,23 +97,27 @@ async function startOnNodeHttp(host: string, port: number, fetch: FetchHandler, 
       res.end();
     }
   };
-  const server = tls === undefined ? createServer(handler) : (createHttpsServer(nodeTlsOptions(tls), handler) as unknown as ReturnType<typeof createServer>);
+  const server = tls !== undefined && onDeno ? (createHttpsServer(nodeTlsOptions(tls), handler) as unknown as ReturnType<typeof createServer>) : createServer(handler);
+  // Bun's node:https cannot swap its certificate, its node:tls can: TLS there, and HTTP on top of each connection.
+  const front = tls !== undefined && !onDeno ? tlsFront(server, tls) : null;
+  const listener = front?.listener ?? server;
   // Like Bun's default idle timeout: a client that stops sending is cut off.
   server.setTimeout(IDLE_TIMEOUT_MS);
   server.headersTimeout = IDLE_TIMEOUT_MS;
   await new Promise<void>((resolve, reject) => {
-    server.once("error", (err: NodeJS.ErrnoException) => reject(err.code === "EADDRINUSE" ? new AddressInUseError(`${host}:${port} is already in use`) : err));
-    server.listen(port, host, () => resolve());
+    listener.once("error", (err: NodeJS.ErrnoException) => reject(err.code === "EADDRINUSE" ? new AddressInUseError(`${host}:${port} is already in use`) : err));
+    listener.listen(port, host, () => resolve());
   });
-  const address = server.address();
+  const address = listener.address();
   return {
-    server,
+    listener,
     port: typeof address === "object" && address !== null ? address.port : port,
     stop: () =>
       new Promise<void>((resolve) => {
-        server.close(() => resolve());
+        listener.close(() => resolve());
         // Keep-alive connections with no request would hold close() open.
-        server.closeIdleConnections();
+        if (front !== null) front.closeIdle();
+        else server.closeIdleConnections();
       }),
     clientAddress: (request) => peers.get(request) ?? null,
   };
@@ -160,83 +164,56 @@ const TLS12_CIPHERS = [
 ].join(":");
 
 function nodeTlsOptions(tls: TlsPair) {
-  return { cert: tls.cert, key: tls.key, minVersion: "TLSv1.2" as const, ciphers: TLS12_CIPHERS, honorCipherOrder: true };
+  return { cert: tls.cert, key: tls.key, minVersion: "TLSv1.2" as const, ciphers: TLS12_CIPHERS, honorCipherOrder: true, handshakeTimeout: IDLE_TIMEOUT_MS };
+}
+
+/**
+ * A node:tls listener handing each connection to `server` (Bun). Bun's
+ * node:http does not track connections handed to it this way, so this does:
+ * at shutdown, idle ones are closed at once and busy ones after their answer.
+ */
+function tlsFront(server: ReturnType<typeof createServer>, tls: TlsPair) {
+  const inFlight = new Map<Duplex, number>();
+  let stopping = false;
+  const listener = createTlsServer(nodeTlsOptions(tls), (socket) => {
+    inFlight.set(socket, 0);
+    socket.once("close", () => inFlight.delete(socket));
+    // Nor does it apply its timeouts to them: a connection silent for IDLE_TIMEOUT_MS is closed, as everywhere else.
+    socket.setTimeout(IDLE_TIMEOUT_MS, () => socket.destroy());
+    server.emit("connection", socket);
+  });
+  // Before the handshake completes, too.
+  listener.on("connection", (socket: Duplex & { setTimeout(ms: number, cb: () => void): void }) => socket.setTimeout(IDLE_TIMEOUT_MS, () => socket.destroy()));
+  server.on("request", (req: IncomingMessage, res: ServerResponse) => {
+    const socket = req.socket;
+    inFlight.set(socket, (inFlight.get(socket) ?? 0) + 1);
+    res.once("close", () => {
+      const n = (inFlight.get(socket) ?? 1) - 1;
+      inFlight.set(socket, n);
+      if (stopping && n === 0) socket.end();
+    });
+  });
+  return {
+    listener,
+    closeIdle() {
+      stopping = true;
+      for (const [socket, n] of inFlight) if (n === 0) socket.destroy();
+    },
+  };
 }
 
 /**
  * Starts an HTTPS-only listener whose certificate can be replaced while it
- * runs (SIGHUP). Bun's `server.reload({ tls })` keeps serving the old
- * certificate and its node:https has no setSecureContext, so on Bun a new
- * listener takes over the port (SO_REUSEPORT) with the new pair and the old
- * one stops accepting and drains. On Deno, node:https's setSecureContext()
- * swaps the certificate of the one listener.
+ * runs (SIGHUP): setSecureContext() of a node:tls server, used by every new
+ * handshake while open connections keep theirs. Bun.serve cannot do this
+ * (`server.reload({ tls })` keeps the old certificate), nor can Bun's
+ * node:https, so HTTPS on Bun is node:tls with node:http on top; on Deno it is
+ * node:https. A second listener on the same port (SO_REUSEPORT) was tried
+ * on Bun and rejected: closing the old listener resets the connections still
+ * in its accept queue (about one per rotation under load).
  */
 export async function startHttpsServer(host: string, port: number, fetch: FetchHandler, tls: TlsPair): Promise<HttpsServer> {
-  if (onDeno) {
-    const s = await startOnNodeHttp(host, port, fetch, tls);
-    return { ...s, setTls: (next) => (s.server as unknown as HttpsServer & { setSecureContext(o: object): void }).setSecureContext(nodeTlsOptions(next)) };
-  }
-  return startHttpsOnBun(host, port, fetch, tls);
-}
-
-function startHttpsOnBun(host: string, port: number, fetch: FetchHandler, tls: TlsPair): HttpsServer {
-  const listen = (p: number, pair: TlsPair | undefined, reusePort: boolean) =>
-    Bun.serve({
-      hostname: host,
-      port: p,
-      reusePort,
-      maxRequestBodySize: MAX_BODY_CEILING + 1,
-      development: false,
-      fetch,
-      ...(pair === undefined
-        ? {}
-        : {
-            tls: {
-              cert: pair.cert,
-              key: pair.key,
-              ciphers: TLS12_CIPHERS,
-              secureOptions: constants.SSL_OP_NO_SSLv2 | constants.SSL_OP_NO_SSLv3 | constants.SSL_OP_NO_TLSv1 | constants.SSL_OP_NO_TLSv1_1,
-            },
-          }),
-    });
-  // The hand-over needs SO_REUSEPORT on every listener of the port, which
-  // would let a second payflux share it silently. So the port is first bound
-  // exclusively: a port in use fails loudly here, as without HTTPS; once it is
-  // ours, a second process's exclusive bind fails too.
-  let bound: number;
-  try {
-    const probe = listen(port, undefined, false);
-    bound = probe.port ?? port;
-    probe.stop(true);
-  } catch (err) {
-    throw addressInUse(err, host, port);
-  }
-  let current: ReturnType<typeof Bun.serve>;
-  try {
-    current = listen(bound, tls, true);
-  } catch (err) {
-    throw addressInUse(err, host, bound);
-  }
-  /** Listeners replaced by a newer certificate, still finishing their connections. */
-  const retired = new Map<ReturnType<typeof Bun.serve>, Promise<void>>();
-  return {
-    port: bound,
-    setTls(next) {
-      const fresh = listen(bound, next, true); // throws (nothing changed) when it cannot
-      const old = current;
-      current = fresh;
-      // Stops accepting; requests in flight on its connections finish.
-      retired.set(old, old.stop().finally(() => retired.delete(old)));
-    },
-    stop: async () => {
-      await Promise.all([current.stop(), ...retired.values()]);
-    },
-    clientAddress(request) {
-      for (const s of [current, ...retired.keys()]) {
-        const ip = s.requestIP(request);
-        if (ip) return ip.address;
-      }
-      return null;
-    },
-  };
+  const s = await startOnNodeHttp(host, port, fetch, tls);
+  const listener = s.listener as TlsServer;
+  return { ...s, setTls: (next) => listener.setSecureContext(nodeTlsOptions(next)) };
 }

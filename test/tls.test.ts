@@ -9,7 +9,9 @@
  */
 import { afterAll, beforeAll, describe, expect, test as bunTest } from "bun:test";
 import { readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { connect } from "node:net";
 import { join } from "node:path";
+import { connect as tlsConnect } from "node:tls";
 import { E2E_TARGETS, event, KEY, metric, runBounded, SINGLE, startServer, stopAll, storedEvents, tempDir, until, type Server } from "./support/harness.ts";
 
 afterAll(stopAll);
@@ -129,6 +131,22 @@ for (const target of E2E_TARGETS) {
       expect(plain.stdout).not.toBe("200");
       // fetch (Bun's client) with the CA.
       expect((await tlsFetch("/health")).status).toBe(200);
+    });
+
+    test("client address in denial logs, and silent connections are closed (before and after the handshake)", async () => {
+      const denied = await tlsFetch(SINGLE, { method: "POST", headers: { authorization: "Bearer not-a-valid-key-0123456789" }, body: "{}" });
+      expect(denied.status).toBe(401);
+      await server.waitForLog((l) => l.msg === "auth denied" && l.reason === "invalid_key" && l.client_ip === "127.0.0.1");
+      // Bounded waits: the service closes a silent connection after 10 s.
+      const closedWithin = (handshake: boolean) =>
+        new Promise<string>((resolve) => {
+          const raw = connect(server.port, "127.0.0.1");
+          const socket = handshake ? tlsConnect({ socket: raw, ca: readFileSync(ca, "utf8"), servername: "localhost" }) : raw;
+          const timer = setTimeout(() => (socket.destroy(), resolve("still open after 20 s")), 20_000);
+          socket.on("error", () => {});
+          socket.on("close", () => (clearTimeout(timer), resolve("closed")));
+        });
+      expect(await Promise.all([closedWithin(false), closedWithin(true)])).toEqual(["closed", "closed"]);
     });
 
     test("TLS 1.2 and 1.3 with modern ciphers only", async () => {
@@ -255,6 +273,36 @@ for (const target of E2E_TARGETS) {
         expect({ tls, code }).toEqual({ tls, code: 69 });
       }
       expect((await tlsFetch("/health")).status).toBe(200);
+    });
+
+    test("SIGTERM drains: a request in flight finishes, idle keep-alive connections do not hold the exit, exit 0", async () => {
+      const caPem = readFileSync(ca, "utf8");
+      expect((await tlsFetch("/health")).status).toBe(200); // leaves an idle keep-alive connection in the client's pool
+      let release!: () => void;
+      const gate = new Promise<void>((r) => (release = r));
+      const json = JSON.stringify(event());
+      const slow = fetch(base + SINGLE, {
+        method: "POST",
+        headers: { authorization: `Bearer ${KEY}`, "content-type": "application/json" },
+        body: new ReadableStream<Uint8Array>({
+          async start(c) {
+            c.enqueue(new TextEncoder().encode(json.slice(0, 20)));
+            await gate;
+            c.enqueue(new TextEncoder().encode(json.slice(20)));
+            c.close();
+          },
+        }),
+        duplex: "half",
+        tls: { ca: caPem },
+      } as RequestInit);
+      await until("the slow request in flight", async () => metric(await (await tlsFetch("/metrics", { headers: { connection: "close" } })).text(), "payflux_http_requests_in_flight") === 2);
+      server.signal("SIGTERM");
+      await server.waitForLog((l) => typeof l.msg === "string" && l.msg.startsWith("shutting down"));
+      release();
+      const res = await slow;
+      expect({ status: res.status, body: await res.text() }).toEqual({ status: 202, body: '{"accepted":1,"duplicates":0}' });
+      // PAYFLUX_SHUTDOWN_TIMEOUT (10 s) would make it exit 1 if anything held the listener open.
+      expect(await server.exited).toBe(0);
     });
   });
 }
