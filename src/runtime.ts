@@ -7,7 +7,8 @@ import { MAX_BODY_CEILING } from "./config.ts";
 /**
  * Everything that differs between Bun and Deno lives here: starting and
  * stopping the HTTP server and the client address (Bun.serve on Bun,
- * node:http on Deno, see startOnNodeHttp). The body-size limit is
+ * node:http on Deno, see startOnNodeHttp; with HTTPS, node:tls/node:https
+ * on both, see startHttpsServer). The body-size limit is
  * enforced by src/body.ts on both (Deno has no server limit; Bun's is only a
  * ceiling); signals use `process.on`, which both provide. The rest of src/
  * uses web standards and node: modules only.
