@@ -1,3 +1,5 @@
+import { contentCoding, decompressBody } from "./decompress.ts";
+
 /**
  * Reads a request body up to `limit` bytes, on any runtime: a declared
  * Content-Length over the limit is refused before reading anything, and a
@@ -5,16 +7,26 @@
  * breaks off (the client went away, or sent less than it announced) is
  * `incomplete`, not an error of the service.
  */
-export type BodyResult = { ok: true; bytes: Uint8Array } | { ok: false; reason: "too_large" | "incomplete" | "stopped" };
+export type BodyResult =
+  | { ok: true; bytes: Uint8Array }
+  | { ok: false; reason: "too_large" | "incomplete" | "stopped" | "unsupported_encoding" | "corrupt_encoding" };
 
 /**
  * `watch`, if given, sees every chunk as it arrives and may stop the read
  * early (returns false): the result is then `stopped` and the rest is never
- * read or buffered.
+ * read or buffered. A compressed body (Content-Encoding) is decoded with the
+ * limit applied to its decompressed size; the caller checks what it holds
+ * once it is whole.
  */
 export async function readBody(request: Request, limit: number, watch?: (chunk: Uint8Array) => boolean): Promise<BodyResult> {
+  const coding = contentCoding(request.headers.get("content-encoding"));
+  if (coding === "unsupported") return { ok: false, reason: "unsupported_encoding" };
   try {
-    return await read(request, limit, watch);
+    if (coding === null) return await read(request, limit, watch);
+    if (Number(request.headers.get("content-length")) > limit) return { ok: false, reason: "too_large" };
+    const decoded = await decompressBody(request.body ?? new Response("").body!, coding, limit);
+    if (decoded.ok) return decoded;
+    return { ok: false, reason: decoded.reason === "corrupt" ? "corrupt_encoding" : decoded.reason };
   } catch {
     return { ok: false, reason: "incomplete" };
   }

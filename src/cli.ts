@@ -3,6 +3,7 @@ import { EXPIRING_SOON_MS, HASH_PREFIX, KEY_ID_PREFIX, keyDigest, keyIdOf, type 
 import { nameProblem } from "./clients.ts";
 import { loadConfig, MIN_KEY_LENGTH, redactUrl } from "./config.ts";
 import { waitUntilQuiet } from "./config-file.ts";
+import { describeCert } from "./tls.ts";
 import { EXIT } from "./exit-codes.ts";
 import { serve } from "./server.ts";
 import { RUNTIME, VERSION } from "./version.ts";
@@ -90,7 +91,8 @@ async function checkConfig(configFile: string | undefined): Promise<void> {
     [
       `config OK (${c.source})`,
       ...keySummary(c.keys.all(), c.clientsFile),
-      `  listen:       ${c.host}:${c.port}`,
+      `  listen:       ${c.host}:${c.port} (${c.tls === null ? "HTTP" : "HTTPS only"})`,
+      `  tls:          ${c.tls === null ? "off" : `${c.tls.certFile}: ${describeCert(c.tls)}`}`,
       `  data dir:     ${c.dataDir}`,
       `  rate limit:   ${c.ingestRps}/s per key, burst ${c.ingestBurst}`,
       `  failed auth:  ${c.authFailRps > 0 && c.authFailBurst > 0 ? `${c.authFailRps}/s per address, burst ${c.authFailBurst}` : "no limit"}; X-Forwarded-For ${c.trustProxy === "" ? "ignored" : `believed from ${c.trustProxy}`}`,

@@ -5,6 +5,7 @@ import { readSnapshot, tornReason, unchanged, type FileSnapshot } from "./config
 import { TrustedProxies } from "./client-address.ts";
 import { parseEnvFile } from "./env-file.ts";
 import { BURST_RANGE, limitsOf, RPS_RANGE } from "./limiter.ts";
+import { loadTls, type TlsMaterial } from "./tls.ts";
 
 /**
  * Every variable the service reads, with its default and meaning. The README,
@@ -43,6 +44,8 @@ export const VARIABLES = {
   PAYFLUX_FORWARD_CONSUMER_GROUPS: { default: "payment_consumers", help: "consumer groups of the stream whose backlog is exported as payflux_consumer_lag_messages{group}, comma-separated" },
   PAYFLUX_MAX_CONNECTIONS: { default: "16384", help: "most open client connections in all; more are closed at once (also capped below the descriptor limit)" },
   PAYFLUX_MAX_CONNECTIONS_PER_IP: { default: "256", help: "most open connections from one client address; more are closed at once" },
+  PAYFLUX_TLS_CERT_FILE: { default: "", help: "PEM certificate (chain) file; with PAYFLUX_TLS_KEY_FILE the listener speaks HTTPS only; re-read on SIGHUP" },
+  PAYFLUX_TLS_KEY_FILE: { default: "", help: "PEM private key of that certificate; a relative name is looked up in $CREDENTIALS_DIRECTORY (systemd LoadCredential=)" },
 } as const;
 
 export type VariableName = keyof typeof VARIABLES;
@@ -95,6 +98,8 @@ export interface Config {
   forwardConsumerGroups: string;
   maxConnections: number;
   maxConnectionsPerIp: number;
+  /** HTTPS certificate and key (key material: never log it), or null for plain HTTP. */
+  tls: TlsMaterial | null;
   /** "environment" or the env file's path. */
   source: string;
   /** 12 hex characters that change whenever the effective config changes. */
@@ -221,6 +226,7 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
   const forwardConsumerGroups = consumerGroups(get("PAYFLUX_FORWARD_CONSUMER_GROUPS"), errors);
   const maxConnections = integer("PAYFLUX_MAX_CONNECTIONS", get("PAYFLUX_MAX_CONNECTIONS"), { min: 1, max: 1_000_000 }, errors);
   const maxConnectionsPerIp = integer("PAYFLUX_MAX_CONNECTIONS_PER_IP", get("PAYFLUX_MAX_CONNECTIONS_PER_IP"), { min: 1, max: 1_000_000 }, errors);
+  const tls = loadTls(get("PAYFLUX_TLS_CERT_FILE"), get("PAYFLUX_TLS_KEY_FILE"), merged.CREDENTIALS_DIRECTORY, errors, warnings);
 
   // Read again after parsing: a file that changed meanwhile may be half-written.
   if (file !== undefined && snapshot !== null && !unchanged(file, snapshot)) {
@@ -233,7 +239,7 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
     keys, ingestRps, ingestBurst, authFailRps, authFailBurst, trustProxy: trustedProxies.text, trustedProxies, host, port, dataDir, logLevel, maxBodyBytes, maxBatch, dedupWindowMs,
     metricsEnabled, metricsTokenDigest, clientsFile: clientsFile === "" ? null : clientsFile, metricsPerClient, shutdownTimeoutMs, segmentBytes, retentionMs, storageMaxBytes, dedupMaxIds,
     forwardRedisUrl: forwardUrl === "" ? null : forwardUrl, forwardStream, forwardMaxlen, forwardConsumerGroups,
-    maxConnections, maxConnectionsPerIp,
+    maxConnections, maxConnectionsPerIp, tls,
     source: file ?? "environment", fingerprint: "", warnings,
   };
   config.fingerprint = fingerprintOf(config);
@@ -242,10 +248,10 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
 
 /** 12 hex characters over every effective setting (keys as digests), the same on every instance. */
 export function fingerprintOf(c: Config): string {
-  // The clients file counts by content (in `keys`), not by path.
-  const { keys, source: _source, fingerprint: _fingerprint, warnings: _warnings, clientsFile: _clientsFile, trustedProxies: _trusted, ...settings } = c;
+  // The clients file counts by content (in `keys`), not by path; the certificate by its digest, and the key never.
+  const { keys, source: _source, fingerprint: _fingerprint, warnings: _warnings, clientsFile: _clientsFile, trustedProxies: _trusted, tls, ...settings } = c;
   const entries = keys.all().map((e) => [e.digest, e.client, e.revoked, e.notAfter, e.limits.rps, e.limits.burst]);
-  const effective = { keys: entries.sort((a, b) => (a[0]! < b[0]! ? -1 : 1)), ...settings };
+  const effective = { keys: entries.sort((a, b) => (a[0]! < b[0]! ? -1 : 1)), ...settings, ...(tls ? { tls: tls.sha256 } : {}) };
   return createHash("sha256").update(JSON.stringify(effective)).digest("hex").slice(0, 12);
 }
 

@@ -1,6 +1,7 @@
 import { keyIdOf, type AuthResult, type DenialReason } from "./auth.ts";
 import { authFailed, authThrottled } from "./auth-throttle.ts";
 import { readBody } from "./body.ts";
+import { ACCEPT_ENCODING } from "./decompress.ts";
 import type { Config } from "./config.ts";
 import { dedupKey, KNOWN_FIELDS, validateEvent, type FieldError, type PaymentEvent } from "./events.ts";
 import { KnownMembers, MAX_DEPTH, scanJson, type EventFacts } from "./json-scan.ts";
@@ -112,6 +113,10 @@ async function ingestEvents(gw: Gateway, config: Config, request: Request, route
   const body = await readBody(request, config.maxBodyBytes, ndjson ? lineCounter(config.maxBatch) : undefined);
   if (!body.ok && body.reason === "stopped") return reject(gw, 413, "batch_too_large", `a batch holds at most ${config.maxBatch} events`);
   if (!body.ok && body.reason === "too_large") return reject(gw, 413, "payload_too_large", `request body is larger than ${config.maxBodyBytes} bytes`);
+  if (!body.ok && body.reason === "unsupported_encoding") {
+    return reject(gw, 415, "unsupported_media_type", `Content-Encoding must be one of ${ACCEPT_ENCODING} (or none)`, {}, { "accept-encoding": ACCEPT_ENCODING });
+  }
+  if (!body.ok && body.reason === "corrupt_encoding") return reject(gw, 400, "malformed_encoding", "the compressed request body cannot be decompressed; nothing was stored");
   if (!body.ok) return reject(gw, 400, "incomplete_body", "the request body ended before it was complete; nothing was stored");
   const parsed = ndjson ? parseNdjson(body.bytes, config.maxBatch) : parseJson(body.bytes, batch, config.maxBatch);
   if (!parsed.ok) {

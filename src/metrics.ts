@@ -15,6 +15,7 @@ export const REJECT_REASONS = [
   "rate_limited",
   "malformed_json",
   "incomplete_body",
+  "malformed_encoding",
   "payload_too_large",
   "batch_too_large",
   "empty_batch",
@@ -255,6 +256,11 @@ export function createMetrics() {
       labelNames: ["group"] as const,
       registers: [registry],
     }),
+    tlsCertExpiry: new Gauge({
+      name: "payflux_tls_cert_expiry_timestamp_seconds",
+      help: "Unix time the certificate served over HTTPS expires (only with PAYFLUX_TLS_CERT_FILE)",
+      registers: [registry],
+    }),
     buildInfo: new Gauge({
       name: "payflux_build_info",
       help: "Always 1; labels carry the version and the JavaScript runtime",
@@ -272,6 +278,8 @@ export function createMetrics() {
   // The forwarder's series exist only when forwarding is on (it sets them):
   // a payflux_forward_up 0 on an instance that does not forward would fire alerts.
   for (const g of [m.forwardLag, m.forwardLastSuccess, m.forwardUp]) g.remove();
+  // Likewise the certificate's expiry exists only when serving HTTPS (applyConfig sets it).
+  m.tlsCertExpiry.remove();
 
   // Every series that can be known at start-up exists at 0, so rate() and
   // absent() behave from the first scrape.

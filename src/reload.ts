@@ -3,6 +3,7 @@ import { fingerprintOf, keysFingerprintOf, loadConfig, SETTING_VARIABLE, type Co
 import type { LogLimits } from "./event-log.ts";
 import type { Gateway } from "./gateway.ts";
 import { setClientSeries } from "./metrics.ts";
+import type { TlsMaterial } from "./tls.ts";
 
 /** Settings bound at start-up; a changed value waits for a restart. */
 const RESTART_ONLY = ["host", "port", "dataDir", "forwardRedisUrl", "forwardStream", "forwardMaxlen", "forwardConsumerGroups"] as const;
@@ -21,15 +22,23 @@ export function applyConfig(gw: Gateway, next: Config): void {
   gw.log.setLimits(logLimits(next));
   gw.logger.level = next.logLevel;
   setClientSeries(gw.metrics, next.keys, next.metricsPerClient);
+  if (next.tls !== null) gw.metrics.tlsCertExpiry.set(next.tls.notAfter.getTime() / 1000);
 }
 
 /**
  * Re-reads the config (SIGHUP) through the same loader and validator as
  * start-up. A bad config changes nothing: the service keeps the one in force.
  */
-export function reloadConfig(gw: Gateway, env: Record<string, string | undefined>, configFile: string | undefined): boolean {
+export function reloadConfig(
+  gw: Gateway,
+  env: Record<string, string | undefined>,
+  configFile: string | undefined,
+  /** Puts a new certificate in service for new handshakes (HTTPS only); throws when it cannot. */
+  swapTls?: (tls: TlsMaterial) => void,
+): boolean {
   const result = loadConfig(env, configFile);
   const { metrics, logger } = gw;
+  const fail = (errors: string[]) => reloadFailed(gw, errors);
   if (!result.ok) return reloadFailed(gw, result.errors);
   const prev = gw.config;
   const candidate = result.config;
@@ -39,6 +48,19 @@ export function reloadConfig(gw: Gateway, env: Record<string, string | undefined
     (next as unknown as Record<string, unknown>)[name] = prev[name];
     const variable = SETTING_VARIABLE[name];
     if (candidate[name] !== prev[name]) logger.warn({ variable }, `${variable} changed in the config but only takes effect after a restart`);
+  }
+  // Turning HTTPS on or off changes the listener: restart-only. A new pair is re-read on every reload.
+  if ((candidate.tls === null) !== (prev.tls === null)) {
+    next.tls = prev.tls;
+    logger.warn({ variable: "PAYFLUX_TLS_CERT_FILE" }, "turning HTTPS on or off only takes effect after a restart");
+  }
+  const tlsChanged = next.tls !== null && prev.tls !== null && (next.tls.sha256 !== prev.tls.sha256 || next.tls.key !== prev.tls.key);
+  if (tlsChanged && swapTls !== undefined) {
+    try {
+      swapTls(next.tls!);
+    } catch (err) {
+      return fail([`the new certificate could not be put in service (${(err as Error).message}); the old one is still served`]);
+    }
   }
   // The fingerprint describes the config in force, not the file.
   next.fingerprint = fingerprintOf(next);
@@ -50,6 +72,7 @@ export function reloadConfig(gw: Gateway, env: Record<string, string | undefined
     summary:
       `keys: ${keys.keys_added} added, ${keys.keys_removed} removed, ${keys.keys_revoked} revoked, ${keys.keys_unrevoked} un-revoked; ` +
       `settings changed: ${changedSettings.length === 0 ? "none" : changedSettings.join(", ")}`,
+    ...(tlsChanged ? { tls_certificate: { subject: next.tls!.subject, not_after: next.tls!.notAfter.toISOString(), sha256: next.tls!.sha256 } } : {}),
     config_fingerprint: next.fingerprint,
     keys_fingerprint: keysFingerprintOf(next),
   };

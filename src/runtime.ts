@@ -1,11 +1,15 @@
-import { createServer, type IncomingMessage, type Server } from "node:http";
+import { createServer, type IncomingMessage, type RequestListener, type Server, type ServerResponse } from "node:http";
+import { createServer as createHttpsServer } from "node:https";
 import type { Socket } from "node:net";
+import type { Duplex } from "node:stream";
+import { createServer as createTlsServer, type Server as TlsServer } from "node:tls";
 import { problemBody } from "./problem.ts";
 
 /**
  * Everything that touches the runtime's HTTP server lives here: starting and
- * stopping it, the client address, and the connection caps. Bun and Deno
- * both serve through node:http (see startOnNodeHttp for why). The body-size
+ * stopping it, the client address, the connection caps and HTTPS. Bun and
+ * Deno both serve through node:http (see startOnNodeHttp for why; HTTPS, see
+ * startHttpsServer, is node:tls under it on Bun, node:https on Deno). The body-size
  * limit is enforced by src/body.ts; signals use `process.on`, which both
  * provide. The rest of src/ uses web standards and node: modules only.
  */
@@ -37,9 +41,11 @@ export interface ServerOptions {
 /** Thrown when the port is taken: a second listener must fail loudly, never share it. */
 export class AddressInUseError extends Error {}
 
+const onDeno = "Deno" in globalThis;
+
 /** Starts listening; rejects with AddressInUseError when the port is taken. */
 export async function startHttpServer(host: string, port: number, fetch: FetchHandler, options: ServerOptions): Promise<HttpServer> {
-  return startOnNodeHttp(host, port, fetch, options);
+  return (await startOnNodeHttp(host, port, fetch, options)).server;
 }
 
 /**
@@ -55,10 +61,16 @@ export async function startHttpServer(host: string, port: number, fetch: FetchHa
  *   is still arriving unreadable (denoland/deno#36809); node:http's close()
  *   stops accepting and lets requests in flight finish.
  */
-async function startOnNodeHttp(host: string, port: number, fetch: FetchHandler, options: ServerOptions): Promise<HttpServer> {
+async function startOnNodeHttp(
+  host: string,
+  port: number,
+  fetch: FetchHandler,
+  options: ServerOptions,
+  tls?: TlsPair,
+): Promise<{ server: HttpServer; listener: Server | TlsServer }> {
   const peers = new WeakMap<Request, string>();
   let stopping = false;
-  const server = createServer(async (req, res) => {
+  const handler: RequestListener = async (req, res) => {
     try {
       const headers = new Headers();
       for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) headers.append(req.rawHeaders[i]!, req.rawHeaders[i + 1]!);
@@ -104,28 +116,37 @@ async function startOnNodeHttp(host: string, port: number, fetch: FetchHandler, 
       if (!res.headersSent) res.writeHead(500);
       res.end();
     }
-  });
+  };
+  const server = tls !== undefined && onDeno ? (createHttpsServer(nodeTlsOptions(tls), handler) as unknown as Server) : createServer(handler);
+  // Bun's node:https cannot swap its certificate, its node:tls can: TLS there, and HTTP on top of each connection.
+  const front = tls !== undefined && !onDeno ? tlsFront(server, tls) : null;
+  // The caps count TCP connections where they are accepted, before any TLS handshake.
+  const listener: Server | TlsServer = front?.listener ?? server;
   // Like Bun.serve's default idle timeout: a client that stops sending is cut off.
   server.setTimeout(IDLE_TIMEOUT_MS);
   server.headersTimeout = IDLE_TIMEOUT_MS;
   server.keepAliveTimeout = IDLE_TIMEOUT_MS;
-  limitConnections(server, options);
+  limitConnections(listener as Server, options);
   server.on("clientError", (err: NodeJS.ErrnoException, socket: Socket) => answerUnparsable(err, socket));
   await new Promise<void>((resolve, reject) => {
-    server.once("error", (err: NodeJS.ErrnoException) => reject(err.code === "EADDRINUSE" ? new AddressInUseError(`${host}:${port} is already in use`) : err));
-    server.listen(port, host, () => resolve());
+    listener.once("error", (err: NodeJS.ErrnoException) => reject(err.code === "EADDRINUSE" ? new AddressInUseError(`${host}:${port} is already in use`) : err));
+    listener.listen(port, host, () => resolve());
   });
-  const address = server.address();
+  const address = listener.address();
   return {
-    port: typeof address === "object" && address !== null ? address.port : port,
-    stop: () =>
-      new Promise<void>((resolve) => {
-        stopping = true;
-        server.close(() => resolve());
-        // Keep-alive connections with no request would hold close() open.
-        server.closeIdleConnections();
-      }),
-    clientAddress: (request) => peers.get(request) ?? null,
+    listener,
+    server: {
+      port: typeof address === "object" && address !== null ? address.port : port,
+      stop: () =>
+        new Promise<void>((resolve) => {
+          stopping = true;
+          listener.close(() => resolve());
+          // Keep-alive connections with no request would hold close() open.
+          if (front !== null) front.closeIdle();
+          else server.closeIdleConnections();
+        }),
+      clientAddress: (request) => peers.get(request) ?? null,
+    },
   };
 }
 
@@ -255,4 +276,79 @@ function requestPath(target: string): string | null {
   } catch {
     return null;
   }
+}
+
+/** A certificate (PEM, chain included) and its private key (PEM). */
+export interface TlsPair {
+  cert: string;
+  key: string;
+}
+
+export interface HttpsServer extends HttpServer {
+  /** New handshakes use this pair from now on; connections already open keep theirs. Throws when it cannot. */
+  setTls(tls: TlsPair): void;
+}
+
+/** TLS 1.2 ciphers: forward secrecy and AEAD only (Mozilla "intermediate"); TLS 1.3 suites are all modern. */
+const TLS12_CIPHERS = [
+  "ECDHE-ECDSA-AES128-GCM-SHA256",
+  "ECDHE-RSA-AES128-GCM-SHA256",
+  "ECDHE-ECDSA-AES256-GCM-SHA384",
+  "ECDHE-RSA-AES256-GCM-SHA384",
+  "ECDHE-ECDSA-CHACHA20-POLY1305",
+  "ECDHE-RSA-CHACHA20-POLY1305",
+].join(":");
+
+function nodeTlsOptions(tls: TlsPair) {
+  return { cert: tls.cert, key: tls.key, minVersion: "TLSv1.2" as const, ciphers: TLS12_CIPHERS, honorCipherOrder: true, handshakeTimeout: IDLE_TIMEOUT_MS };
+}
+
+/**
+ * A node:tls listener handing each connection to `server` (Bun). Bun's
+ * node:http does not track connections handed to it this way, so this does:
+ * at shutdown, idle ones are closed at once and busy ones after their answer.
+ */
+function tlsFront(server: Server, tls: TlsPair) {
+  const inFlight = new Map<Duplex, number>();
+  let stopping = false;
+  const listener = createTlsServer(nodeTlsOptions(tls), (socket) => {
+    inFlight.set(socket, 0);
+    socket.once("close", () => inFlight.delete(socket));
+    // Nor does it apply its timeouts to them: a connection silent for IDLE_TIMEOUT_MS is closed, as everywhere else.
+    socket.setTimeout(IDLE_TIMEOUT_MS, () => socket.destroy());
+    server.emit("connection", socket);
+  });
+  // Before the handshake completes, too.
+  listener.on("connection", (socket: Duplex & { setTimeout(ms: number, cb: () => void): void }) => socket.setTimeout(IDLE_TIMEOUT_MS, () => socket.destroy()));
+  server.on("request", (req: IncomingMessage, res: ServerResponse) => {
+    const socket = req.socket;
+    inFlight.set(socket, (inFlight.get(socket) ?? 0) + 1);
+    res.once("close", () => {
+      const n = (inFlight.get(socket) ?? 1) - 1;
+      inFlight.set(socket, n);
+      if (stopping && n === 0) socket.end();
+    });
+  });
+  return {
+    listener,
+    closeIdle() {
+      stopping = true;
+      for (const [socket, n] of inFlight) if (n === 0) socket.destroy();
+    },
+  };
+}
+
+/**
+ * Starts an HTTPS-only listener whose certificate can be replaced while it
+ * runs (SIGHUP): setSecureContext() of a node:tls server, used by every new
+ * handshake while open connections keep theirs. Bun.serve cannot do this
+ * (`server.reload({ tls })` keeps the old certificate), nor can Bun's
+ * node:https, so HTTPS on Bun is node:tls with node:http on top; on Deno it is
+ * node:https. A second listener on the same port (SO_REUSEPORT) was tried
+ * on Bun and rejected: closing the old listener resets the connections still
+ * in its accept queue (about one per rotation under load).
+ */
+export async function startHttpsServer(host: string, port: number, fetch: FetchHandler, options: ServerOptions, tls: TlsPair): Promise<HttpsServer> {
+  const { server, listener } = await startOnNodeHttp(host, port, fetch, options, tls);
+  return { ...server, setTls: (next) => (listener as TlsServer).setSecureContext(nodeTlsOptions(next)) };
 }

@@ -13,7 +13,7 @@ import { createLogger, LogThrottle } from "./logger.ts";
 import { createMetrics } from "./metrics.ts";
 import { applyConfig, keyStates, logLimits, reloadConfig, reloadFailed } from "./reload.ts";
 import { SETTLE_MAX_MS, waitUntilQuiet } from "./config-file.ts";
-import { AddressInUseError, startHttpServer, type HttpServer } from "./runtime.ts";
+import { AddressInUseError, startHttpServer, startHttpsServer, type HttpServer, type HttpsServer, type ServerOptions } from "./runtime.ts";
 import { EXIT } from "./exit-codes.ts";
 import { RUNTIME, VERSION } from "./version.ts";
 
@@ -144,12 +144,14 @@ export async function serve(configFile: string | undefined): Promise<void> {
   metrics.sources.config = () => gw.config;
   applyConfig(gw, config);
 
+  // With a certificate the listener speaks HTTPS only; SIGHUP can replace the certificate (see reloadConfig).
+  let https: HttpsServer | undefined;
   try {
     const fdCap = connectionCapForDescriptors();
     if (fdCap !== null && fdCap < config.maxConnections) {
       logger.warn({ max_connections: config.maxConnections, cap: fdCap }, `PAYFLUX_MAX_CONNECTIONS is above what the open-file limit allows with ${FD_RESERVE} descriptors kept for storage; capped at ${fdCap}`);
     }
-    server = await startHttpServer(config.host, config.port, createFetchHandler(gw), {
+    const options: ServerOptions = {
       limits: () => ({
         maxConnections: fdCap === null ? gw.config.maxConnections : Math.min(gw.config.maxConnections, fdCap),
         maxConnectionsPerIp: gw.config.maxConnectionsPerIp,
@@ -159,7 +161,12 @@ export async function serve(configFile: string | undefined): Promise<void> {
         gw.throttle.warn(`connections_${reason}`, { reason }, "connection refused: too many open connections");
       },
       onConnections: (open) => metrics.connectionsOpen.set(open),
-    });
+    };
+    const handler = createFetchHandler(gw);
+    server =
+      config.tls !== null
+        ? (https = await startHttpsServer(config.host, config.port, handler, options, config.tls))
+        : await startHttpServer(config.host, config.port, handler, options);
   } catch (err) {
     logger.fatal({ err: (err as Error).message }, err instanceof AddressInUseError ? "the listen address is already in use" : "cannot listen on the configured address");
     process.exit(EXIT.UNAVAILABLE);
@@ -168,7 +175,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
     {
       version: VERSION,
       runtime: RUNTIME,
-      address: `http://${config.host.includes(":") ? `[${config.host}]` : config.host}:${server.port}`,
+      address: `${config.tls !== null ? "https" : "http"}://${config.host.includes(":") ? `[${config.host}]` : config.host}:${server.port}`,
       port: server.port,
       keys: keyStates(config.keys.counts()),
       config_source: config.source,
@@ -178,6 +185,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
       segment: log.segmentPath,
       dedup_ids_restored: restored.length,
       dedup_restored_from: restored.from,
+      ...(config.tls !== null ? { tls: { subject: config.tls.subject, subject_alt_names: config.tls.subjectAltNames, not_after: config.tls.notAfter.toISOString() } } : {}),
       ...(config.forwardRedisUrl !== null ? { forward: { stream: config.forwardStream, url: redactUrl(config.forwardRedisUrl) } } : {}),
     },
     "payflux listening",
@@ -204,7 +212,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
     setTimeout(async () => {
       const quiet = file === undefined || (await waitUntilQuiet(file));
       reloadQueued = false;
-      if (quiet) reloadConfig(gw, env, configFile);
+      if (quiet) reloadConfig(gw, env, configFile, https?.setTls);
       else reloadFailed(gw, [`${file} kept changing for ${SETTLE_MAX_MS / 1000} s; nothing was applied: write it atomically (temporary file + rename) and reload again`]);
     }, 0);
   };
