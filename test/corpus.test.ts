@@ -49,6 +49,9 @@ for (const target of E2E_TARGETS) {
           PAYFLUX_METRICS_TOKEN: METRICS_TOKEN,
           PAYFLUX_INGEST_RPS: "1000000",
           PAYFLUX_INGEST_BURST: "1000000",
+          // Thousands of bad keys from one address would trip the failed-login limit (429 auth_throttled,
+          // tested on its own in attack-bruteforce): the corpus checks each answer, not the throttle.
+          PAYFLUX_AUTH_FAIL_BURST: "0",
         },
       });
 

@@ -178,7 +178,7 @@ describe(`a real Prometheus scraping the service (${TARGET})`, () => {
 
   // ------------------------------------------------------------ expectations
 
-  const ALL_REJECT_REASONS = ["rate_limited", "malformed_json", "incomplete_body", "payload_too_large", "batch_too_large", "empty_batch", "unsupported_media_type", "validation_failed", "storage_unavailable", "storage_full"];
+  const ALL_REJECT_REASONS = ["rate_limited", "malformed_json", "incomplete_body", "malformed_encoding", "payload_too_large", "batch_too_large", "empty_batch", "unsupported_media_type", "validation_failed", "storage_unavailable", "storage_full"];
   /** An increase() over a window that holds the whole series: the exact count, or a little more (Prometheus extrapolates to the window's end, at most ~1 s of 12 s or more). */
   const approx = (what: string, value: number | undefined, exact: number) => {
     expect([what, value !== undefined && value >= exact * 0.999 && value <= exact * 1.25 + 1e-9, value]).toEqual([what, true, value]);
