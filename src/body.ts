@@ -8,6 +8,19 @@
 export type BodyResult = { ok: true; bytes: Uint8Array } | { ok: false; reason: "too_large" | "incomplete" | "stopped" };
 
 /**
+ * A faster way to the same bytes than `request.body`, registered by the HTTP
+ * server (src/runtime.ts) for the requests it creates: a web ReadableStream
+ * per request costs more than the rest of a small ingest request. It follows
+ * the same rules (limit, watch) and is only used through readBody.
+ */
+export type BodySource = (limit: number, watch?: (chunk: Uint8Array) => boolean) => Promise<BodyResult>;
+const sources = new WeakMap<Request, BodySource>();
+
+export function registerBodySource(request: Request, source: BodySource): void {
+  sources.set(request, source);
+}
+
+/**
  * `watch`, if given, sees every chunk as it arrives and may stop the read
  * early (returns false): the result is then `stopped` and the rest is never
  * read or buffered.
@@ -25,6 +38,11 @@ async function read(request: Request, limit: number, watch?: (chunk: Uint8Array)
   if (declared !== null) {
     const n = Number(declared);
     if (n > limit) return { ok: false, reason: "too_large" };
+  }
+  const source = sources.get(request);
+  if (source !== undefined) return source(limit, watch);
+  if (declared !== null) {
+    const n = Number(declared);
     if (Number.isSafeInteger(n) && watch === undefined) return { ok: true, bytes: new Uint8Array(await request.arrayBuffer()) };
   }
   if (request.body === null) return { ok: true, bytes: new Uint8Array(0) };
