@@ -12,6 +12,19 @@ export type BodyResult =
   | { ok: false; reason: "too_large" | "incomplete" | "stopped" | "unsupported_encoding" | "corrupt_encoding" };
 
 /**
+ * A faster way to the same bytes than `request.body`, registered by the HTTP
+ * server (src/runtime.ts) for the requests it creates: a web ReadableStream
+ * per request costs more than the rest of a small ingest request. It follows
+ * the same rules (limit, watch) and is only used through readBody.
+ */
+export type BodySource = (limit: number, watch?: (chunk: Uint8Array) => boolean) => Promise<BodyResult>;
+const sources = new WeakMap<Request, BodySource>();
+
+export function registerBodySource(request: Request, source: BodySource): void {
+  sources.set(request, source);
+}
+
+/**
  * `watch`, if given, sees every chunk as it arrives and may stop the read
  * early (returns false): the result is then `stopped` and the rest is never
  * read or buffered. A compressed body (Content-Encoding) is decoded with the
@@ -23,8 +36,11 @@ export async function readBody(request: Request, limit: number, watch?: (chunk: 
   if (coding === "unsupported") return { ok: false, reason: "unsupported_encoding" };
   try {
     if (coding === null) return await read(request, limit, watch);
-    if (Number(request.headers.get("content-length")) > limit) return { ok: false, reason: "too_large" };
-    const decoded = await decompressBody(request.body ?? new Response("").body!, coding, limit);
+    // The compressed bytes first (at most the limit, through the same reader), then decoded with
+    // the limit on what they inflate to: memory stays within twice the limit whatever the ratio.
+    const packed = await read(request, limit);
+    if (!packed.ok) return packed;
+    const decoded = await decompressBody(new Response(packed.bytes).body!, coding, limit);
     if (decoded.ok) return decoded;
     return { ok: false, reason: decoded.reason === "corrupt" ? "corrupt_encoding" : decoded.reason };
   } catch {
@@ -37,6 +53,11 @@ async function read(request: Request, limit: number, watch?: (chunk: Uint8Array)
   if (declared !== null) {
     const n = Number(declared);
     if (n > limit) return { ok: false, reason: "too_large" };
+  }
+  const source = sources.get(request);
+  if (source !== undefined) return source(limit, watch);
+  if (declared !== null) {
+    const n = Number(declared);
     if (Number.isSafeInteger(n) && watch === undefined) return { ok: true, bytes: new Uint8Array(await request.arrayBuffer()) };
   }
   if (request.body === null) return { ok: true, bytes: new Uint8Array(0) };

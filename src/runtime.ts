@@ -1,6 +1,7 @@
 import { createServer, type IncomingMessage, type RequestListener, type Server, type ServerResponse } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
 import type { Socket } from "node:net";
+import { registerBodySource, type BodyResult } from "./body.ts";
 import type { Duplex } from "node:stream";
 import { createServer as createTlsServer, type Server as TlsServer } from "node:tls";
 import { problemBody } from "./problem.ts";
@@ -82,13 +83,9 @@ async function startOnNodeHttp(
         res.end(problemBody(400, "bad_request", "the request target must be a path such as /v1/events/batch"));
         return;
       }
-      const request = new Request(`http://localhost${path}`, {
-        method: req.method,
-        headers,
-        body: hasBody ? bodyStream(req) : undefined,
-        // @ts-expect-error: `duplex` is required for a streamed body but missing from the DOM typings
-        duplex: "half",
-      });
+      // The body is read through registerBodySource (no web stream), after authentication.
+      const request = new Request(`http://localhost${path}`, { method: req.method, headers });
+      if (hasBody) registerBodySource(request, (limit, watch) => readNodeBody(req, limit, watch));
       const peer = req.socket.remoteAddress;
       if (peer) peers.set(request, peer.replace(/^::ffff:/, ""));
       const response = await fetch(request);
@@ -172,36 +169,30 @@ function answerUnparsable(err: NodeJS.ErrnoException, socket: Socket): void {
 }
 
 /**
- * The request body as a web stream, read only when the handler reads it
- * (authentication and the size check come first). Cheaper than
- * Readable.toWeb, and a cancel (src/body.ts stops at the size limit) only
- * stops reading: the response is still written, then the connection closed.
+ * Reads a node:http request body up to `limit` bytes, chunk by chunk. A stop
+ * (over the limit, or `watch` says so) leaves the rest unread: the response is
+ * still written, then the connection closed (see above).
  */
-function bodyStream(req: IncomingMessage): ReadableStream<Uint8Array> {
-  let cancelled = false;
-  return new ReadableStream<Uint8Array>(
-    {
-      start(controller) {
-        req.on("data", (chunk: Buffer) => {
-          if (cancelled) return;
-          controller.enqueue(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength));
-          if ((controller.desiredSize ?? 0) <= 0) req.pause();
-        });
-        req.pause();
-        req.on("end", () => cancelled || controller.close());
-        req.on("error", (err) => cancelled || controller.error(err));
-        req.on("aborted", () => cancelled || controller.error(new Error("the client went away")));
-      },
-      pull() {
-        req.resume();
-      },
-      cancel() {
-        cancelled = true;
-        req.pause();
-      },
-    },
-    { highWaterMark: 0 },
-  );
+function readNodeBody(req: IncomingMessage, limit: number, watch?: (chunk: Uint8Array) => boolean): Promise<BodyResult> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let total = 0;
+    const finish = (result: BodyResult) => {
+      req.off("data", onData).off("end", onEnd).off("close", onClose).off("error", onClose);
+      if (!result.ok) req.pause();
+      resolve(result);
+    };
+    const onData = (chunk: Buffer) => {
+      total += chunk.byteLength;
+      if (total > limit) return finish({ ok: false, reason: "too_large" });
+      if (watch !== undefined && !watch(chunk)) return finish({ ok: false, reason: "stopped" });
+      chunks.push(chunk);
+    };
+    const onEnd = () => finish({ ok: true, bytes: chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, total) });
+    // The client went away, or sent less than it announced and the idle timeout cut it off.
+    const onClose = () => finish({ ok: false, reason: "incomplete" });
+    req.on("data", onData).on("end", onEnd).on("close", onClose).on("error", onClose);
+  });
 }
 
 /**
