@@ -40,7 +40,8 @@ export async function readBody(request: Request, limit: number, watch?: (chunk: 
     // the limit on what they inflate to: memory stays within twice the limit whatever the ratio.
     const packed = await read(request, limit);
     if (!packed.ok) return packed;
-    const decoded = await decompressBody(new Response(packed.bytes).body!, coding, limit);
+    const bytes = packed.bytes;
+    const decoded = await decompressBody(new ReadableStream<Uint8Array>({ start: (c) => (c.enqueue(bytes), c.close()) }), coding, limit);
     if (decoded.ok) return decoded;
     return { ok: false, reason: decoded.reason === "corrupt" ? "corrupt_encoding" : decoded.reason };
   } catch {
