@@ -166,6 +166,9 @@ function answerUnparsable(err: NodeJS.ErrnoException, socket: Socket): void {
     `HTTP/1.1 ${status} ${tooLarge ? "Request Header Fields Too Large" : "Bad Request"}\r\ncontent-type: application/problem+json\r\n` +
       `content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
   );
+  // end() only half-closes: a peer that never closes its side (a silent TLS client whose handshake
+  // timed out, say) would hold the socket open. A second is plenty to read a small answer.
+  setTimeout(() => socket.destroy(), 1000).unref?.();
 }
 
 /**
