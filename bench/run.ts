@@ -16,6 +16,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "nod
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { gzipSync } from "node:zlib";
 import { DedupIndex } from "../src/dedup.ts";
 
 const ROOT = resolve(import.meta.dir, "..");
@@ -30,6 +31,12 @@ const SECONDS = Number(option("--seconds", SMOKE ? "1" : "5"));
 const ROUNDS = Number(option("--rounds", SMOKE ? "1" : "3"));
 const ONLY = option("--only", "").split(",").filter(Boolean);
 const KEY = "bench-key-0123456789abcdef0123456789abcdef";
+/** The event of bench/wrk/events.lua, for bodies made here. */
+const SAMPLE_EVENT = {
+  event_type: "payment_failed", event_timestamp: "2026-11-22T08:00:00Z", merchant_id_hash: "m_4f2a", payment_intent_id_hash: "pi_9c1d",
+  processor: "stripe", failure_category: "card_declined", retry_count: 0, geo_bucket: "EU", amount_bucket: "100-500",
+  system_source: "checkout-api", payment_method_bucket: "card", channel: "web", retry_result: "none", failure_origin: "issuer",
+};
 const BIN = join(ROOT, "dist", "payflux");
 const PIN = spawnSync("taskset", ["--version"]).status === 0;
 const pinned = (cpu: number, cmd: string[]) => (PIN ? ["taskset", "-c", String(cpu), ...cmd] : cmd);
@@ -116,14 +123,19 @@ interface WrkResult {
 }
 
 /** One wrk run on CPU 1 against `port`. */
-async function wrk(port: number, o: { conns: number; seconds?: number; events?: number; format?: string; key?: string; path?: string }): Promise<WrkResult> {
+async function wrk(
+  port: number,
+  o: { conns: number; seconds?: number; events?: number; format?: string; key?: string; path?: string; files?: { dir: string; count: number; headers: string } },
+): Promise<WrkResult> {
   const events = o.events ?? 1;
+  const script = o.files ? "files.lua" : "events.lua";
   const r = await spawnAsync(
     pinned(1, ["wrk"])[0]!,
-    [...pinned(1, ["wrk"]).slice(1), "-t1", `-c${o.conns}`, `-d${o.seconds ?? SECONDS}s`, "--timeout", "10s", "-s", join(ROOT, "bench", "wrk", "events.lua"), `http://127.0.0.1:${port}`],
+    [...pinned(1, ["wrk"]).slice(1), "-t1", `-c${o.conns}`, `-d${o.seconds ?? SECONDS}s`, "--timeout", "10s", "-s", join(ROOT, "bench", "wrk", script), `http://127.0.0.1:${port}`],
     {
       env: {
         ...process.env,
+        ...(o.files ? { BENCH_DIR: o.files.dir, BENCH_FILES: String(o.files.count), BENCH_HEADERS: o.files.headers } : {}),
         BENCH_KEY: o.key ?? KEY,
         BENCH_PATH: o.path ?? (events > 1 ? "/v1/events/batch" : "/v1/events/payment_exhaust"),
         BENCH_EVENTS: String(events),
@@ -224,6 +236,19 @@ async function main() {
   for (const c of [1, 8, 32, 128]) await compare(`single c=${c}`, ours, bare, { conns: c });
   await compare("batch500 json c=8", ours, bare, { conns: 8, events: 500 });
   await compare("batch500 ndjson c=8", ours, bare, { conns: 8, events: 500, format: "ndjson" });
+  // The same batches gzip'd (Content-Encoding): made here, since Lua cannot compress. Each body has
+  // its own event ids; a run longer than the bodies made sends them again (then as duplicates).
+  if (wanted("batch500 gzip")) {
+    const dir = tempDir();
+    const count = SMOKE ? 50 : 2000;
+    for (let i = 0; i < count; i++) {
+      const events = Array.from({ length: 500 }, () => ({ ...SAMPLE_EVENT, event_id: crypto.randomUUID() }));
+      writeFileSync(join(dir, String(i)), gzipSync(JSON.stringify(events)));
+    }
+    const headers = `Authorization: Bearer ${KEY}|Content-Type: application/json|Content-Encoding: gzip`;
+    // No baseline: a bare server does not decompress; compare with the plain batch rows.
+    await compare("batch500 gzip c=8", ours, null, { conns: 8, events: 500, files: { dir, count, headers } }, `${count} bodies`);
+  }
   await compare("wrong key c=32", ours, bare, { conns: 32, key: "wrong-key-0123456789abcdef0123456789" }, "401 expected");
   const peakRssMb = vmKb(ours.pid, "VmHWM") / 1024;
   const metrics = await (await fetch(`http://127.0.0.1:${ours.port}/metrics`)).text();
