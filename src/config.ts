@@ -250,8 +250,7 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
 export function fingerprintOf(c: Config): string {
   // The clients file counts by content (in `keys`), not by path; the certificate by its digest, and the key never.
   const { keys, source: _source, fingerprint: _fingerprint, warnings: _warnings, clientsFile: _clientsFile, trustedProxies: _trusted, tls, ...settings } = c;
-  const entries = keys.all().map((e) => [e.digest, e.client, e.revoked, e.notAfter, e.limits.rps, e.limits.burst]);
-  const effective = { keys: entries.sort((a, b) => (a[0]! < b[0]! ? -1 : 1)), ...settings, ...(tls ? { tls: tls.sha256 } : {}) };
+  const effective = { keys: keys.contentDigest(), ...settings, ...(tls ? { tls: tls.sha256 } : {}) };
   return createHash("sha256").update(JSON.stringify(effective)).digest("hex").slice(0, 12);
 }
 
@@ -353,8 +352,7 @@ export function keysFingerprintOf(c: Config): string {
   let fp = keysFingerprints.get(c);
   if (fp === undefined) {
     // Named clients' limits and expiry must agree too; the clients file counts by content, not path.
-    const keys = c.keys.all().map((e) => [e.digest, e.client, e.revoked, e.notAfter, e.limits.rps, e.limits.burst]).sort((a, b) => (a[0]! < b[0]! ? -1 : 1));
-    const shared = { keys, ...Object.fromEntries(SHARED_SETTINGS.map((n) => [n, c[n]])) };
+    const shared = { keys: c.keys.contentDigest(), ...Object.fromEntries(SHARED_SETTINGS.map((n) => [n, c[n]])) };
     fp = createHash("sha256").update(JSON.stringify(shared)).digest("hex").slice(0, 12);
     keysFingerprints.set(c, fp);
   }
