@@ -128,10 +128,9 @@ async function wrk(
   o: { conns: number; seconds?: number; events?: number; format?: string; key?: string; path?: string; files?: { dir: string; count: number; headers: string } },
 ): Promise<WrkResult> {
   const events = o.events ?? 1;
-  const script = o.files ? "files.lua" : "events.lua";
   const r = await spawnAsync(
     pinned(1, ["wrk"])[0]!,
-    [...pinned(1, ["wrk"]).slice(1), "-t1", `-c${o.conns}`, `-d${o.seconds ?? SECONDS}s`, "--timeout", "10s", "-s", join(ROOT, "bench", "wrk", script), `http://127.0.0.1:${port}`],
+    [...pinned(1, ["wrk"]).slice(1), "-t1", `-c${o.conns}`, `-d${o.seconds ?? SECONDS}s`, "--timeout", "10s", "-s", join(ROOT, "bench", "wrk", "events.lua"), `http://127.0.0.1:${port}`],
     {
       env: {
         ...process.env,

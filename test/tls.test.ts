@@ -12,7 +12,7 @@ import { readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
 import { connect as tlsConnect } from "node:tls";
-import { E2E_TARGETS, event, KEY, metric, runBounded, SINGLE, startServer, stopAll, storedEvents, tempDir, until, type Server } from "./support/harness.ts";
+import { E2E_TARGETS, event, KEY, metric, runBounded, SINGLE, slowPost, startServer, stopAll, storedEvents, tempDir, until, type Server } from "./support/harness.ts";
 
 afterAll(stopAll);
 const test = (name: string, fn: () => Promise<void> | void) => bunTest(name, fn, 60_000);
@@ -192,22 +192,7 @@ for (const target of E2E_TARGETS) {
       };
       // A request in flight across the rotation: half its body before, half after.
       const json = JSON.stringify(event());
-      let release!: () => void;
-      const gate = new Promise<void>((r) => (release = r));
-      const slow = fetch(base + SINGLE, {
-        method: "POST",
-        headers: { authorization: `Bearer ${KEY}`, "content-type": "application/json" },
-        body: new ReadableStream<Uint8Array>({
-          async start(c) {
-            c.enqueue(new TextEncoder().encode(json.slice(0, 20)));
-            await gate;
-            c.enqueue(new TextEncoder().encode(json.slice(20)));
-            c.close();
-          },
-        }),
-        duplex: "half",
-        tls: { ca: caPem },
-      } as RequestInit);
+      const { response: slow, release } = slowPost(server, json, { base, init: { tls: { ca: caPem } } as RequestInit });
 
       const load = Promise.all([client(false), client(false), client(true), client(true)]);
       await until("load running", () => accepted >= 50, 15_000);
@@ -282,23 +267,8 @@ for (const target of E2E_TARGETS) {
     test("SIGTERM drains: a request in flight finishes, idle keep-alive connections do not hold the exit, exit 0", async () => {
       const caPem = readFileSync(ca, "utf8");
       expect((await tlsFetch("/health")).status).toBe(200); // leaves an idle keep-alive connection in the client's pool
-      let release!: () => void;
-      const gate = new Promise<void>((r) => (release = r));
       const json = JSON.stringify(event());
-      const slow = fetch(base + SINGLE, {
-        method: "POST",
-        headers: { authorization: `Bearer ${KEY}`, "content-type": "application/json" },
-        body: new ReadableStream<Uint8Array>({
-          async start(c) {
-            c.enqueue(new TextEncoder().encode(json.slice(0, 20)));
-            await gate;
-            c.enqueue(new TextEncoder().encode(json.slice(20)));
-            c.close();
-          },
-        }),
-        duplex: "half",
-        tls: { ca: caPem },
-      } as RequestInit);
+      const { response: slow, release } = slowPost(server, json, { base, init: { tls: { ca: caPem } } as RequestInit });
       await until("the slow request in flight", async () => metric(await (await tlsFetch("/metrics", { headers: { connection: "close" } })).text(), "payflux_http_requests_in_flight") === 2);
       server.signal("SIGTERM");
       await server.waitForLog((l) => typeof l.msg === "string" && l.msg.startsWith("shutting down"));

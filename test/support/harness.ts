@@ -388,8 +388,8 @@ export async function waitInFlight(server: Server, n: number): Promise<void> {
   throw new Error(`payflux_http_requests_in_flight never reached ${n} (last ${last})`);
 }
 
-/** A POST whose body sends the first half of `json` now and the rest when `release()` is called. */
-export function slowPost(server: Server, json: string) {
+/** A POST whose body sends the first half of `json` now and the rest when `release()` is called (`base`: another origin, e.g. https://; `init`: more fetch options, e.g. tls). */
+export function slowPost(server: Server, json: string, opts: { base?: string; init?: RequestInit } = {}) {
   const enc = new TextEncoder();
   const half = Math.floor(json.length / 2);
   let release!: () => void;
@@ -402,11 +402,12 @@ export function slowPost(server: Server, json: string) {
       controller.close();
     },
   });
-  const response = fetch(server.url + SINGLE, {
+  const response = fetch((opts.base ?? server.url) + SINGLE, {
     method: "POST",
     headers: { authorization: `Bearer ${KEY}`, "content-type": "application/json" },
     body,
     duplex: "half",
+    ...opts.init,
   } as RequestInit);
   return { response, release };
 }
