@@ -13,11 +13,11 @@
  */
 import { spawn, spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { gzipSync } from "node:zlib";
 import { DedupIndex } from "../src/dedup.ts";
+import { freePort } from "../test/support/harness.ts";
 
 const ROOT = resolve(import.meta.dir, "..");
 const args = process.argv.slice(2);
@@ -57,16 +57,6 @@ interface Proc {
   stop: () => Promise<void>;
 }
 
-function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.once("error", rej);
-    s.listen(0, "127.0.0.1", () => {
-      const p = (s.address() as { port: number }).port;
-      s.close(() => res(p));
-    });
-  });
-}
 
 /** Starts a server (payflux binary or the bare baseline) on CPU 0 and waits for its "listening" line. */
 async function start(kind: "payflux" | "bare", env: Record<string, string> = {}): Promise<Proc> {

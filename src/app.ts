@@ -2,16 +2,9 @@ import { Elysia } from "elysia";
 import type { Gateway } from "./gateway.ts";
 import { handleHealth } from "./health.ts";
 import { handleIngest } from "./ingest.ts";
-import { handleMetrics, INGEST_ROUTES, methodLabel, routeLabel } from "./metrics.ts";
+import { handleMetrics, methodLabel, routeLabel } from "./metrics.ts";
+import { ALLOW, INGEST_ROUTES } from "./routes.ts";
 import { problem } from "./problem.ts";
-
-/** Methods each route answers; any other method gets 405 with this as `Allow`. */
-const ALLOW: Record<string, string> = {
-  "/v1/events/payment_exhaust": "POST",
-  "/v1/events/batch": "POST",
-  "/health": "GET, HEAD",
-  "/metrics": "GET, HEAD",
-};
 
 /** The HTTP routes, and a fetch handler that records the RED metrics of every response. */
 export function createFetchHandler(gw: Gateway): (request: Request) => Promise<Response> {

@@ -1,5 +1,5 @@
 import type { Gateway } from "./gateway.ts";
-import type { IngestRoute } from "./metrics.ts";
+import type { IngestRoute } from "./routes.ts";
 import { AUTH_THROTTLED } from "./metrics.ts";
 import { problem } from "./problem.ts";
 
@@ -8,19 +8,14 @@ import { problem } from "./problem.ts";
  * used up its failures gets 429 before its key is hashed. Only failures take
  * tokens, so clients with a valid key are never slowed by it; a client that
  * shares an address with an attacker (NAT, or a proxy that is not in
- * PAYFLUX_TRUST_PROXY) is refused with it until the bucket refills.
+ * PAYFLUX_TRUST_PROXY) is refused with it until the bucket refills. The
+ * caller looks the address up once (and counts failures against it with
+ * `gw.authFailures.fail`).
  */
-export function authThrottled(gw: Gateway, request: Request, route: IngestRoute): Response | null {
-  if (!gw.authFailures.enabled) return null;
-  const client = gw.clientAddress(request) ?? "unknown";
+export function authThrottled(gw: Gateway, client: string, route: IngestRoute): Response | null {
   const wait = gw.authFailures.blockedFor(client);
   if (wait === 0) return null;
   gw.metrics.authThrottled.inc();
   gw.throttle.warn(AUTH_THROTTLED, { client_ip: client, endpoint: route, retry_after: wait }, "too many failed authentications from one address");
   return problem(429, AUTH_THROTTLED, `too many failed authentications from this address; retry in ${wait} s`, {}, { "retry-after": String(wait) });
-}
-
-/** Counts a failed authentication (missing, revoked or invalid key) against the client's address. */
-export function authFailed(gw: Gateway, request: Request): void {
-  if (gw.authFailures.enabled) gw.authFailures.fail(gw.clientAddress(request) ?? "unknown");
 }

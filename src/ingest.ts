@@ -1,5 +1,5 @@
 import { keyIdOf, type AuthResult, type DenialReason } from "./auth.ts";
-import { authFailed, authThrottled } from "./auth-throttle.ts";
+import { authThrottled } from "./auth-throttle.ts";
 import { readBody } from "./body.ts";
 import { ACCEPT_ENCODING } from "./decompress.ts";
 import type { Config } from "./config.ts";
@@ -8,7 +8,8 @@ import { KnownMembers, MAX_DEPTH, scanJson, type EventFacts } from "./json-scan.
 import type { Gateway } from "./gateway.ts";
 import { LargerThanStoreError, StorageFullError } from "./event-log.ts";
 import { rateLimitHeader } from "./limiter.ts";
-import { countClientRequest, type IngestRoute, type RejectReason } from "./metrics.ts";
+import { countClientRequest, type RejectReason } from "./metrics.ts";
+import type { IngestRoute } from "./routes.ts";
 import { json, problem } from "./problem.ts";
 import { toRecord } from "./record.ts";
 
@@ -32,11 +33,13 @@ export async function handleIngest(gw: Gateway, request: Request, route: IngestR
   const started = performance.now();
   try {
     const config = gw.config; // one config for the whole request, even if a reload swaps it meanwhile
-    const throttled = authThrottled(gw, request, route);
+    // One address lookup for the failed-login limit, and none at all when it is off.
+    const ip = gw.authFailures.enabled ? (gw.clientAddress(request) ?? "unknown") : null;
+    const throttled = ip === null ? null : authThrottled(gw, ip, route);
     if (throttled !== null) return throttled;
     const auth = config.keys.authenticate(request.headers.get("authorization"));
     if (!auth.ok) {
-      authFailed(gw, request);
+      if (ip !== null) gw.authFailures.fail(ip);
       return deny(gw, config, request, route, auth);
     }
 
@@ -48,7 +51,7 @@ export async function handleIngest(gw: Gateway, request: Request, route: IngestR
       if (config.metricsPerClient) countClientRequest(gw.metrics, metricLabel, "rate_limited");
       gw.throttle.warn(
         "rate_limited",
-        { key_id: auth.keyId, client: client ?? undefined, client_ip: gw.clientAddress(request), endpoint: route, retry_after: decision.retryAfterSeconds },
+        () => ({ key_id: auth.keyId, client: client ?? undefined, client_ip: gw.clientAddress(request), endpoint: route, retry_after: decision.retryAfterSeconds }),
         "rate limit hit",
       );
       return reject(gw, 429, "rate_limited", `rate limit of ${limits.rps}/s (burst ${limits.burst}) exceeded for this key`, {}, {
@@ -72,14 +75,14 @@ function deny(gw: Gateway, config: Config, request: Request, route: IngestRoute,
   if (auth.entry !== null && config.metricsPerClient) countClientRequest(gw.metrics, auth.entry.metricLabel, "revoked_key");
   gw.throttle.warn(
     `auth_${reason}`,
-    {
+    () => ({
       reason,
       key_id: auth.digest === null ? undefined : keyIdOf(auth.digest),
       client: auth.entry?.client ?? undefined,
       expired: auth.expired,
       client_ip: gw.clientAddress(request),
       endpoint: route,
-    },
+    }),
     "auth denied",
   );
   const challenge = reason === "missing_key" ? 'Bearer realm="payflux"' : 'Bearer realm="payflux", error="invalid_token"';

@@ -30,6 +30,8 @@ export function createLogger(level: LogLevel): Logger {
  * cannot flood the log: at most `perWindow` lines per kind in each window;
  * the rest are counted and reported in one line when the window ends.
  */
+type Fields = Record<string, unknown> | (() => Record<string, unknown>);
+
 export class LogThrottle {
   private readonly counts = new Map<string, { logged: number; suppressed: number }>();
   private readonly timer: ReturnType<typeof setInterval>;
@@ -43,21 +45,22 @@ export class LogThrottle {
     this.timer.unref?.();
   }
 
-  warn(kind: string, fields: Record<string, unknown>, msg: string): void {
+  /** `fields` may be a function: it runs only when the line is written (a suppressed line costs no lookups). */
+  warn(kind: string, fields: Fields, msg: string): void {
     this.log("warn", kind, fields, msg);
   }
 
-  error(kind: string, fields: Record<string, unknown>, msg: string): void {
+  error(kind: string, fields: Fields, msg: string): void {
     this.log("error", kind, fields, msg);
   }
 
   /** Logs `msg` unless this kind already used its share of the window. */
-  private log(level: "warn" | "error", kind: string, fields: Record<string, unknown>, msg: string): void {
+  private log(level: "warn" | "error", kind: string, fields: Fields, msg: string): void {
     let c = this.counts.get(kind);
     if (c === undefined) this.counts.set(kind, (c = { logged: 0, suppressed: 0 }));
     if (c.logged < this.perWindow) {
       c.logged++;
-      this.logger()[level](fields, msg);
+      this.logger()[level](typeof fields === "function" ? fields() : fields, msg);
     } else {
       c.suppressed++;
     }

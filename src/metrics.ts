@@ -1,13 +1,11 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
+import { ALLOW, INGEST_ROUTES } from "./routes.ts";
 import { bearerToken, DENIAL_REASONS, secretMatches, type KeyCounts, type KeyRing } from "./auth.ts";
 import { keysFingerprintOf, type Config } from "./config.ts";
 import { problem } from "./problem.ts";
 import { RUNTIME, VERSION } from "./version.ts";
 
-/** Routes that get their own label value; everything else is `unmatched` (bounded cardinality). */
-export const INGEST_ROUTES = ["/v1/events/payment_exhaust", "/v1/events/batch"] as const;
-export type IngestRoute = (typeof INGEST_ROUTES)[number];
-export const ROUTES = [...INGEST_ROUTES, "/health", "/metrics"] as const;
+/** The `route` label of any path that is not one of src/routes.ts (bounded cardinality). */
 export const UNMATCHED_ROUTE = "unmatched";
 
 /** Why an authenticated ingest request was refused; each is also the problem `code` of its response. */
@@ -338,7 +336,7 @@ export function countClientRequest(m: Metrics, client: string, outcome: ClientOu
 
 /** Label value for a request path: the route template, or one shared value for anything else. */
 export function routeLabel(path: string): string {
-  return (ROUTES as readonly string[]).includes(path) ? path : UNMATCHED_ROUTE;
+  return Object.hasOwn(ALLOW, path) ? path : UNMATCHED_ROUTE;
 }
 
 const METHODS = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]);

@@ -11,7 +11,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { DENIAL_REASONS } from "../src/auth.ts";
 import { validateEvent } from "../src/events.ts";
-import { REJECT_REASONS, ROUTES } from "../src/metrics.ts";
+import { REJECT_REASONS } from "../src/metrics.ts";
+import { ROUTES } from "../src/routes.ts";
 import { BATCH, E2E_TARGETS, event, KEY, KEY2, post, ROOT, SINGLE, startServer, stopAll, type Server } from "./support/harness.ts";
 
 const DOC_PATH = join(ROOT, "docs", "openapi.yaml");
