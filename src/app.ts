@@ -1,79 +1,104 @@
 import { Elysia } from "elysia";
 import type { Gateway } from "./gateway.ts";
-import { handleHealth } from "./health.ts";
+import { requestBody } from "./body.ts";
+import { fromRequest, toResponse, type Incoming, type Reply } from "./exchange.ts";
 import { handleIngest } from "./ingest.ts";
-import { handleMetrics, methodLabel, routeLabel } from "./metrics.ts";
+import { methodLabel, routeLabel } from "./metrics.ts";
+import { handleHealth, handleMetrics } from "./ops-routes.ts";
 import { ALLOW, INGEST_ROUTES } from "./routes.ts";
 import { problem } from "./problem.ts";
 
-/** The HTTP routes, and a fetch handler that records the RED metrics of every response. */
-export function createFetchHandler(gw: Gateway): (request: Request) => Promise<Response> {
+/** A handler for requests the server hands over without web objects. */
+export type DirectHandler = (request: Incoming) => Promise<Reply>;
+
+export interface Handlers {
+  /** Every route as a web fetch handler: in-process callers, and what the server does not hand over directly. */
+  fetch: (request: Request) => Promise<Response>;
+  /** The handler of POST on an ingest route (the hot path: no Request or Response built), else null. */
+  direct: (method: string, path: string) => DirectHandler | null;
+}
+
+/** The HTTP routes, both ways in, each recording the RED metrics of every response. */
+export function createHandlers(gw: Gateway): Handlers {
   // strictPath: `/metrics/` must not serve what a proxy rule for `/metrics` blocks.
   const app = new Elysia({ strictPath: true })
     .onError(({ code, request, error }) => {
-      if (code === "NOT_FOUND") return notFound(request);
+      if (code === "NOT_FOUND") return toResponse(notFound(request));
       gw.throttle.error("request_failed", { err: error instanceof Error ? error.message : String(error), code }, "request failed");
-      return problem(500, "internal_error", "the request could not be handled");
+      return toResponse(problem(500, "internal_error", "the request could not be handled"));
     })
-    .get("/health", () => handleHealth(gw))
-    .get("/metrics", ({ request }) => handleMetrics(gw.metrics, gw.config, request));
+    .get("/health", () => toResponse(handleHealth(gw)))
+    .get("/metrics", async ({ request }) => toResponse(await handleMetrics(gw.metrics, gw.config, fromRequest(request, null, requestBody(request)))));
   for (const route of INGEST_ROUTES) {
     // parse: "none": the body is read only after authentication, with the size limit in force.
-    app.post(route, ({ request }) => handleIngest(gw, request, route), { parse: "none" });
+    app.post(route, async ({ request }) => toResponse(await handleIngest(gw, fromRequest(request, null, requestBody(request)), route)), { parse: "none" });
   }
 
   const { metrics } = gw;
   // Labelled children are cached: prom-client hashes the label object on every call otherwise.
   const counters = new Map<string, { inc(): void }>();
   const timers = new Map<string, { observe(v: number): void }>();
-  return async (request) => {
-    const started = performance.now();
-    metrics.inFlight.inc();
-    let status = 500;
-    try {
-      const response = await app.fetch(routable(request));
-      status = response.status;
-      return response;
-    } finally {
-      metrics.inFlight.dec();
-      const method = methodLabel(request.method);
-      const route = routeLabel(pathOf(request.url));
-      const key = `${method} ${route}`;
-      let timer = timers.get(key);
-      if (timer === undefined) timers.set(key, (timer = metrics.httpDuration.labels(method, route)));
-      timer.observe((performance.now() - started) / 1000);
-      const statusKey = `${key} ${status}`;
-      let counter = counters.get(statusKey);
-      if (counter === undefined) counters.set(statusKey, (counter = metrics.httpRequests.labels(method, route, String(status))));
-      counter.inc();
-    }
+  const record = (method: string, path: string, status: number, started: number) => {
+    metrics.inFlight.dec();
+    const key = `${methodLabel(method)} ${routeLabel(path)}`;
+    let timer = timers.get(key);
+    if (timer === undefined) timers.set(key, (timer = metrics.httpDuration.labels(methodLabel(method), routeLabel(path))));
+    timer.observe((performance.now() - started) / 1000);
+    const statusKey = `${key} ${status}`;
+    let counter = counters.get(statusKey);
+    if (counter === undefined) counters.set(statusKey, (counter = metrics.httpRequests.labels(methodLabel(method), routeLabel(path), String(status))));
+    counter.inc();
+  };
+
+  const direct = new Map<string, DirectHandler>();
+  for (const route of INGEST_ROUTES) {
+    direct.set(route, async (request) => {
+      const started = performance.now();
+      metrics.inFlight.inc();
+      let status = 500;
+      try {
+        const r = await handleIngest(gw, request, route);
+        status = r.status;
+        return r;
+      } finally {
+        record("POST", route, status, started);
+      }
+    });
+  }
+
+  return {
+    direct: (method, path) => (method === "POST" ? (direct.get(path) ?? null) : null),
+    fetch: async (request) => {
+      const started = performance.now();
+      metrics.inFlight.inc();
+      let status = 500;
+      try {
+        const response = await app.fetch(routable(request));
+        status = response.status;
+        return response;
+      } finally {
+        record(request.method, pathOf(request.url), status, started);
+      }
+    },
   };
 }
 
 /**
  * Elysia finds the path by searching for "/" from the 11th character of the
  * URL, which assumes an origin at least that long; a short Host header
- * (`Host: gw`) would hide part of the path. Such a request is re-addressed to
- * a long origin; the original stays reachable for the client address.
+ * (`Host: gw`) from an in-process caller would hide part of the path. Such a
+ * request is re-addressed to a long origin.
  */
 const ELYSIA_ORIGIN_MIN = 11;
-const originals = new WeakMap<Request, Request>();
 
 function routable(request: Request): Request {
   const url = request.url;
   const start = pathStart(url);
   if (start >= ELYSIA_ORIGIN_MIN) return request;
-  const readdressed = new Request(`http://payflux.local${start < 0 ? "/" : url.slice(start)}`, request);
-  originals.set(readdressed, request);
-  return readdressed;
+  return new Request(`http://payflux.local${start < 0 ? "/" : url.slice(start)}`, request);
 }
 
-/** The request as the server received it (before `routable`), for the client address. */
-export function originalRequest(request: Request): Request {
-  return originals.get(request) ?? request;
-}
-
-function notFound(request: Request): Response {
+function notFound(request: Request): Reply {
   const allow = ALLOW[pathOf(request.url)];
   if (allow !== undefined) {
     return problem(405, "method_not_allowed", `${request.method} is not allowed here; use ${allow}`, {}, { allow });

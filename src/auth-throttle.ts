@@ -2,6 +2,7 @@ import type { Gateway } from "./gateway.ts";
 import type { IngestRoute } from "./routes.ts";
 import { AUTH_THROTTLED } from "./metrics.ts";
 import { problem } from "./problem.ts";
+import type { Reply } from "./exchange.ts";
 
 /**
  * The failed-login limit at the start of the auth step: an address that has
@@ -12,7 +13,7 @@ import { problem } from "./problem.ts";
  * caller looks the address up once (and counts failures against it with
  * `gw.authFailures.fail`).
  */
-export function authThrottled(gw: Gateway, client: string, route: IngestRoute): Response | null {
+export function authThrottled(gw: Gateway, client: string, route: IngestRoute): Reply | null {
   const wait = gw.authFailures.blockedFor(client);
   if (wait === 0) return null;
   gw.metrics.authThrottled.inc();

@@ -1,3 +1,4 @@
+import type { Incoming } from "./exchange.ts";
 import { contentCoding, decompressBody } from "./decompress.ts";
 
 /**
@@ -12,17 +13,11 @@ export type BodyResult =
   | { ok: false; reason: "too_large" | "incomplete" | "stopped" | "unsupported_encoding" | "corrupt_encoding" };
 
 /**
- * A faster way to the same bytes than `request.body`, registered by the HTTP
- * server (src/runtime.ts) for the requests it creates: a web ReadableStream
- * per request costs more than the rest of a small ingest request. It follows
- * the same rules (limit, watch) and is only used through readBody.
+ * Reads the raw bytes of a body up to `limit`, following the same rules
+ * (limit, watch); the HTTP server provides one per request (src/runtime.ts),
+ * `requestBody` makes one from a web Request.
  */
 export type BodySource = (limit: number, watch?: (chunk: Uint8Array) => boolean) => Promise<BodyResult>;
-const sources = new WeakMap<Request, BodySource>();
-
-export function registerBodySource(request: Request, source: BodySource): void {
-  sources.set(request, source);
-}
 
 /**
  * `watch`, if given, sees every chunk as it arrives and may stop the read
@@ -31,8 +26,8 @@ export function registerBodySource(request: Request, source: BodySource): void {
  * limit applied to its decompressed size; the caller checks what it holds
  * once it is whole.
  */
-export async function readBody(request: Request, limit: number, watch?: (chunk: Uint8Array) => boolean): Promise<BodyResult> {
-  const coding = contentCoding(request.headers.get("content-encoding"));
+export async function readBody(request: Incoming, limit: number, watch?: (chunk: Uint8Array) => boolean): Promise<BodyResult> {
+  const coding = contentCoding(request.header("content-encoding"));
   if (coding === "unsupported") return { ok: false, reason: "unsupported_encoding" };
   try {
     if (coding === null) return await read(request, limit, watch);
@@ -49,14 +44,19 @@ export async function readBody(request: Request, limit: number, watch?: (chunk: 
   }
 }
 
-async function read(request: Request, limit: number, watch?: (chunk: Uint8Array) => boolean): Promise<BodyResult> {
+function read(request: Incoming, limit: number, watch?: (chunk: Uint8Array) => boolean): Promise<BodyResult> {
+  const declared = request.header("content-length");
+  if (declared !== null && Number(declared) > limit) return Promise.resolve({ ok: false, reason: "too_large" });
+  return request.body(limit, watch);
+}
+
+/** The body of a web Request as a BodySource (in-process callers). */
+export function requestBody(request: Request): BodySource {
+  return (limit, watch) => readStream(request, limit, watch);
+}
+
+async function readStream(request: Request, limit: number, watch?: (chunk: Uint8Array) => boolean): Promise<BodyResult> {
   const declared = request.headers.get("content-length");
-  if (declared !== null) {
-    const n = Number(declared);
-    if (n > limit) return { ok: false, reason: "too_large" };
-  }
-  const source = sources.get(request);
-  if (source !== undefined) return source(limit, watch);
   if (declared !== null) {
     const n = Number(declared);
     if (Number.isSafeInteger(n) && watch === undefined) return { ok: true, bytes: new Uint8Array(await request.arrayBuffer()) };

@@ -1,3 +1,4 @@
+import type { Incoming } from "./exchange.ts";
 import type { Config } from "./config.ts";
 import type { DedupIndex } from "./dedup.ts";
 import type { EventLog } from "./event-log.ts";
@@ -26,5 +27,5 @@ export interface Gateway {
   readonly throttle: LogThrottle;
   readonly startedAt: number;
   /** Client IP of a request (X-Forwarded-For only from PAYFLUX_TRUST_PROXY), for the failed-login limit and logs. */
-  clientAddress(request: Request): string | null;
+  clientAddress(request: Incoming): string | null;
 }

@@ -1,6 +1,7 @@
 import { keyIdOf, type AuthResult, type DenialReason } from "./auth.ts";
 import { authThrottled } from "./auth-throttle.ts";
 import { readBody } from "./body.ts";
+import type { Incoming, Reply } from "./exchange.ts";
 import { ACCEPT_ENCODING } from "./decompress.ts";
 import type { Config } from "./config.ts";
 import { dedupKey, KNOWN_FIELDS, validateEvent, type FieldError, type PaymentEvent } from "./events.ts";
@@ -29,7 +30,7 @@ const DENIAL_DETAIL: Record<DenialReason, string> = {
  * (before the body is read), rate-limit, then read, parse and validate the
  * body, drop duplicates, and answer 202 only once the events are durable.
  */
-export async function handleIngest(gw: Gateway, request: Request, route: IngestRoute): Promise<Response> {
+export async function handleIngest(gw: Gateway, request: Incoming, route: IngestRoute): Promise<Reply> {
   const started = performance.now();
   try {
     const config = gw.config; // one config for the whole request, even if a reload swaps it meanwhile
@@ -37,7 +38,7 @@ export async function handleIngest(gw: Gateway, request: Request, route: IngestR
     const ip = gw.authFailures.enabled ? (gw.clientAddress(request) ?? "unknown") : null;
     const throttled = ip === null ? null : authThrottled(gw, ip, route);
     if (throttled !== null) return throttled;
-    const auth = config.keys.authenticate(request.headers.get("authorization"));
+    const auth = config.keys.authenticate(request.header("authorization"));
     if (!auth.ok) {
       if (ip !== null) gw.authFailures.fail(ip);
       return deny(gw, config, request, route, auth);
@@ -61,15 +62,15 @@ export async function handleIngest(gw: Gateway, request: Request, route: IngestR
     }
     const response = await ingestEvents(gw, config, request, route, auth.keyId, client);
     if (config.metricsPerClient) countClientRequest(gw.metrics, metricLabel, response.status === 202 ? "accepted" : "rejected");
-    response.headers.set("ratelimit-policy", rateHeaders["ratelimit-policy"]);
-    response.headers.set("ratelimit", rateHeaders.ratelimit);
+    response.headers["ratelimit-policy"] = rateHeaders["ratelimit-policy"];
+    response.headers.ratelimit = rateHeaders.ratelimit;
     return response;
   } finally {
     gw.metrics.ingestDuration.observe((performance.now() - started) / 1000);
   }
 }
 
-function deny(gw: Gateway, config: Config, request: Request, route: IngestRoute, auth: Extract<AuthResult, { ok: false }>): Response {
+function deny(gw: Gateway, config: Config, request: Incoming, route: IngestRoute, auth: Extract<AuthResult, { ok: false }>): Reply {
   const reason = auth.reason;
   gw.metrics.authDenied.inc({ reason });
   if (auth.entry !== null && config.metricsPerClient) countClientRequest(gw.metrics, auth.entry.metricLabel, "revoked_key");
@@ -96,14 +97,14 @@ function reject(
   detail: string,
   extra: Record<string, unknown> = {},
   headers: Record<string, string> = {},
-): Response {
+): Reply {
   gw.metrics.rejected.inc({ reason });
   return problem(status, reason, detail, extra, headers);
 }
 
-async function ingestEvents(gw: Gateway, config: Config, request: Request, route: IngestRoute, keyId: string, client: string | null): Promise<Response> {
+async function ingestEvents(gw: Gateway, config: Config, request: Incoming, route: IngestRoute, keyId: string, client: string | null): Promise<Reply> {
   const batch = route === "/v1/events/batch";
-  const mediaType = (request.headers.get("content-type") ?? "").split(";", 1)[0]!.trim().toLowerCase();
+  const mediaType = (request.header("content-type") ?? "").split(";", 1)[0]!.trim().toLowerCase();
   const ndjson = batch && (mediaType === "application/x-ndjson" || mediaType === "application/jsonl");
   // No Content-Type is accepted as JSON: the old service never checked it and its clients rely on that.
   const isJson = mediaType === "" || mediaType === "application/json" || (mediaType.startsWith("application/") && mediaType.endsWith("+json"));
@@ -240,7 +241,7 @@ function isBlank(bytes: Uint8Array, from: number, end: number): boolean {
 }
 
 /** Drops duplicates, appends the rest to the event log, and answers 202 once they are durable. */
-async function store(gw: Gateway, events: PaymentEvent[], keyId: string, client: string | null): Promise<Response> {
+async function store(gw: Gateway, events: PaymentEvent[], keyId: string, client: string | null): Promise<Reply> {
   // Serialised before any id is claimed: an event that cannot be (nested too deeply) changes nothing.
   const receivedAt = new Date().toISOString();
   let records: string[];
@@ -266,7 +267,7 @@ async function store(gw: Gateway, events: PaymentEvent[], keyId: string, client:
   }
 }
 
-function storageFailure(gw: Gateway, err: unknown): Response {
+function storageFailure(gw: Gateway, err: unknown): Reply {
   if (err instanceof LargerThanStoreError) {
     // Retrying could never help: this is not back-pressure.
     return reject(gw, 413, "payload_too_large", "these events are larger than the whole event store (PAYFLUX_STORAGE_MAX_BYTES)");

@@ -1,8 +1,7 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import { ALLOW, INGEST_ROUTES } from "./routes.ts";
-import { bearerToken, DENIAL_REASONS, secretMatches, type KeyCounts, type KeyRing } from "./auth.ts";
+import { DENIAL_REASONS, type KeyCounts, type KeyRing } from "./auth.ts";
 import { keysFingerprintOf, type Config } from "./config.ts";
-import { problem } from "./problem.ts";
 import { RUNTIME, VERSION } from "./version.ts";
 
 /** The `route` label of any path that is not one of src/routes.ts (bounded cardinality). */
@@ -342,22 +341,4 @@ export function routeLabel(path: string): string {
 const METHODS = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]);
 export function methodLabel(method: string): string {
   return METHODS.has(method) ? method : "OTHER";
-}
-
-/**
- * GET /metrics: 404 when disabled; with a token configured, `Authorization:
- * Bearer <token>` is required and compared in constant time.
- */
-export async function handleMetrics(
-  m: Metrics,
-  settings: { metricsEnabled: boolean; metricsTokenDigest: string | null },
-  request: Request,
-): Promise<Response> {
-  if (!settings.metricsEnabled) return problem(404, "not_found", "metrics are disabled (PAYFLUX_METRICS_ENABLED=false)");
-  if (settings.metricsTokenDigest !== null && !secretMatches(bearerToken(request.headers.get("authorization")), settings.metricsTokenDigest)) {
-    return problem(401, "metrics_unauthorized", "send the metrics token as `Authorization: Bearer <token>`", {}, {
-      "www-authenticate": 'Bearer realm="payflux-metrics"',
-    });
-  }
-  return new Response(await m.registry.metrics(), { headers: { "content-type": m.registry.contentType } });
 }

@@ -1,3 +1,5 @@
+import { reply, type Reply } from "./exchange.ts";
+
 /**
  * RFC 9457 problem details: every error the service returns is
  * `application/problem+json` with a stable machine-readable `code`.
@@ -8,11 +10,8 @@ export function problem(
   detail: string,
   extra: Record<string, unknown> = {},
   headers: Record<string, string> = {},
-): Response {
-  return new Response(problemBody(status, code, detail, extra), {
-    status,
-    headers: { "content-type": "application/problem+json", ...headers },
-  });
+): Reply {
+  return reply(status, problemBody(status, code, detail, extra), "application/problem+json", headers);
 }
 
 export function problemBody(status: number, code: string, detail: string, extra: Record<string, unknown> = {}): string {
@@ -33,6 +32,6 @@ const TITLES: Record<number, string> = {
   503: "Service Unavailable",
 };
 
-export function json(status: number, body: unknown, headers: Record<string, string> = {}): Response {
-  return new Response(JSON.stringify(body), { status, headers: { "content-type": "application/json", ...headers } });
+export function json(status: number, body: unknown, headers: Record<string, string> = {}): Reply {
+  return reply(status, JSON.stringify(body), "application/json", headers);
 }

@@ -1,7 +1,8 @@
 import { createServer, type IncomingMessage, type RequestListener, type Server, type ServerResponse } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
 import type { Socket } from "node:net";
-import { registerBodySource, type BodyResult } from "./body.ts";
+import type { BodyResult } from "./body.ts";
+import type { Incoming, Reply } from "./exchange.ts";
 import type { Duplex } from "node:stream";
 import { createServer as createTlsServer, type Server as TlsServer } from "node:tls";
 import { problemBody } from "./problem.ts";
@@ -19,10 +20,13 @@ export interface HttpServer {
   readonly port: number;
   /** Stops accepting; resolves once in-flight requests have finished. */
   stop(): Promise<void>;
-  clientAddress(request: Request): string | null;
 }
 
-export type FetchHandler = (request: Request) => Response | Promise<Response>;
+/** The routes (src/app.ts): ingest requests are handed over without web objects, the rest as a web Request. */
+export interface Handlers {
+  fetch: (request: Request) => Promise<Response>;
+  direct: (method: string, path: string) => ((request: Incoming) => Promise<Reply>) | null;
+}
 
 /** Caps on open connections, read on every accept (so a reload applies to the next connection). */
 export interface ConnectionLimits {
@@ -45,8 +49,8 @@ export class AddressInUseError extends Error {}
 const onDeno = "Deno" in globalThis;
 
 /** Starts listening; rejects with AddressInUseError when the port is taken. */
-export async function startHttpServer(host: string, port: number, fetch: FetchHandler, options: ServerOptions): Promise<HttpServer> {
-  return (await startOnNodeHttp(host, port, fetch, options)).server;
+export async function startHttpServer(host: string, port: number, handlers: Handlers, options: ServerOptions): Promise<HttpServer> {
+  return (await startOnNodeHttp(host, port, handlers, options)).server;
 }
 
 /**
@@ -65,16 +69,13 @@ export async function startHttpServer(host: string, port: number, fetch: FetchHa
 async function startOnNodeHttp(
   host: string,
   port: number,
-  fetch: FetchHandler,
+  handlers: Handlers,
   options: ServerOptions,
   tls?: TlsPair,
 ): Promise<{ server: HttpServer; listener: Server | TlsServer }> {
-  const peers = new WeakMap<Request, string>();
   let stopping = false;
   const handler: RequestListener = async (req, res) => {
     try {
-      const headers = new Headers();
-      for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) headers.append(req.rawHeaders[i]!, req.rawHeaders[i + 1]!);
       const hasBody = req.method !== "GET" && req.method !== "HEAD";
       // The URL comes from the request target only: the Host header is the client's to write.
       const path = requestPath(req.url ?? "/");
@@ -83,25 +84,36 @@ async function startOnNodeHttp(
         res.end(problemBody(400, "bad_request", "the request target must be a path such as /v1/events/batch"));
         return;
       }
-      // The body is read through registerBodySource (no web stream), after authentication.
-      const request = new Request(`http://localhost${path}`, { method: req.method, headers });
-      if (hasBody) registerBodySource(request, (limit, watch) => readNodeBody(req, limit, watch));
-      const peer = req.socket.remoteAddress;
-      if (peer) peers.set(request, peer.replace(/^::ffff:/, ""));
-      const response = await fetch(request);
-      const head = [...response.headers].flat();
+      const q = path.indexOf("?");
+      const direct = handlers.direct(req.method ?? "", q < 0 ? path : path.slice(0, q));
+      let status: number;
+      let head: string[];
+      let body: string | Uint8Array | undefined;
+      if (direct !== null) {
+        const reply = await direct(incomingOf(req));
+        status = reply.status;
+        head = flatHeaders(reply.headers);
+        body = reply.body;
+      } else {
+        const headers = new Headers();
+        for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) headers.append(req.rawHeaders[i]!, req.rawHeaders[i + 1]!);
+        const response = await handlers.fetch(new Request(`http://localhost${path}`, { method: req.method, headers }));
+        status = response.status;
+        head = [...response.headers].flat();
+        body = response.body === null || req.method === "HEAD" ? undefined : new Uint8Array(await response.arrayBuffer());
+      }
       // A body left unread (the request was refused before or while reading it): a
       // small one of known length is discarded, so that the connection (and any
       // request pipelined behind it) goes on; any other is never read: answer,
       // then close the connection.
       const unread = hasBody && !req.complete;
       const declared = Number(req.headers["content-length"] ?? NaN);
-      const drain = unread && response.status !== 413 && declared <= DRAIN_LIMIT;
+      const drain = unread && status !== 413 && declared <= DRAIN_LIMIT;
       // While stopping, a connection ends with its response: close() waits for every connection.
       if ((unread && !drain) || stopping) head.push("connection", "close");
       // Every response of the service is small and in memory: one write.
-      const body = response.body === null || req.method === "HEAD" ? undefined : new Uint8Array(await response.arrayBuffer());
-      res.writeHead(response.status, head);
+      if (body !== undefined && direct !== null) head.push("content-length", String(typeof body === "string" ? Buffer.byteLength(body) : body.byteLength));
+      res.writeHead(status, head);
       res.end(body, () => {
         if (unread && !drain) req.socket.destroy();
       });
@@ -142,9 +154,34 @@ async function startOnNodeHttp(
           if (front !== null) front.closeIdle();
           else server.closeIdleConnections();
         }),
-      clientAddress: (request) => peers.get(request) ?? null,
     },
   };
+}
+
+/** An ingest request in the handler's form, read from node:http's request without web objects. */
+function incomingOf(req: IncomingMessage): Incoming {
+  const raw = req.rawHeaders;
+  const peer = req.socket.remoteAddress;
+  return {
+    method: req.method ?? "",
+    // As Headers.get: every field of that name, joined (node's req.headers keeps only the first Authorization).
+    header(name) {
+      let value: string | null = null;
+      for (let i = 0; i + 1 < raw.length; i += 2) {
+        const n = raw[i]!;
+        if (n.length === name.length && n.toLowerCase() === name) value = value === null ? raw[i + 1]! : `${value}, ${raw[i + 1]}`;
+      }
+      return value;
+    },
+    body: (limit, watch) => readNodeBody(req, limit, watch),
+    peer: peer === undefined ? null : peer.startsWith("::ffff:") ? peer.slice(7) : peer,
+  };
+}
+
+function flatHeaders(headers: Record<string, string>): string[] {
+  const flat: string[] = [];
+  for (const name in headers) flat.push(name, headers[name]!);
+  return flat;
 }
 
 /**
@@ -342,7 +379,7 @@ function tlsFront(server: Server, tls: TlsPair) {
  * on Bun and rejected: closing the old listener resets the connections still
  * in its accept queue (about one per rotation under load).
  */
-export async function startHttpsServer(host: string, port: number, fetch: FetchHandler, options: ServerOptions, tls: TlsPair): Promise<HttpsServer> {
-  const { server, listener } = await startOnNodeHttp(host, port, fetch, options, tls);
+export async function startHttpsServer(host: string, port: number, handlers: Handlers, options: ServerOptions, tls: TlsPair): Promise<HttpsServer> {
+  const { server, listener } = await startOnNodeHttp(host, port, handlers, options, tls);
   return { ...server, setTls: (next) => (listener as TlsServer).setSecureContext(nodeTlsOptions(next)) };
 }

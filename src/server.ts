@@ -1,5 +1,5 @@
 import { readFileSync } from "node:fs";
-import { createFetchHandler, originalRequest } from "./app.ts";
+import { createHandlers } from "./app.ts";
 import { keysFingerprintOf, loadConfig, redactUrl } from "./config.ts";
 import { DataDirInUseError, lockDataDir } from "./data-dir-lock.ts";
 import { DedupIndex, idsFromLog, idsSince } from "./dedup.ts";
@@ -138,8 +138,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
     logger,
     throttle: new LogThrottle(() => logger),
     startedAt: Date.now(),
-    clientAddress: (request) =>
-      gw.config.trustedProxies.clientOf(server?.clientAddress(originalRequest(request)) ?? null, request.headers.get("x-forwarded-for")),
+    clientAddress: (request) => gw.config.trustedProxies.clientOf(request.peer, request.header("x-forwarded-for")),
   };
   metrics.sources.config = () => gw.config;
   applyConfig(gw, config);
@@ -162,7 +161,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
       },
       onConnections: (open) => metrics.connectionsOpen.set(open),
     };
-    const handler = createFetchHandler(gw);
+    const handler = createHandlers(gw);
     server =
       config.tls !== null
         ? (https = await startHttpsServer(config.host, config.port, handler, options, config.tls))

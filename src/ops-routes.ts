@@ -1,7 +1,12 @@
 import { keysFingerprintOf } from "./config.ts";
 import type { Gateway } from "./gateway.ts";
-import { json } from "./problem.ts";
+import { bearerToken, secretMatches } from "./auth.ts";
+import { reply, type Incoming, type Reply } from "./exchange.ts";
+import type { Metrics } from "./metrics.ts";
+import { json, problem } from "./problem.ts";
 import { VERSION } from "./version.ts";
+
+/** The operators' routes: /health and /metrics. */
 
 /**
  * GET/HEAD /health for load balancers: 200 while the event log can be
@@ -12,7 +17,7 @@ import { VERSION } from "./version.ts";
  * that every instance runs the same config; `keys_fingerprint` leaves out
  * what differs per instance (port, host, data dir), so a fleet can compare it.
  */
-export function handleHealth(gw: Gateway): Response {
+export function handleHealth(gw: Gateway): Reply {
   const writable = gw.log.writable;
   const forwarder = gw.forwarder?.status();
   const base = {
@@ -35,4 +40,18 @@ export function handleHealth(gw: Gateway): Response {
     return json(200, { status: "degraded", reason: "the forwarder cannot reach Redis; events are stored and forwarded once it is back", ...base }, headers);
   }
   return json(200, { status: "ok", ...base }, headers);
+}
+
+/**
+ * GET /metrics: 404 when disabled; with a token configured, `Authorization:
+ * Bearer <token>` is required and compared in constant time.
+ */
+export async function handleMetrics(m: Metrics, settings: { metricsEnabled: boolean; metricsTokenDigest: string | null }, request: Incoming): Promise<Reply> {
+  if (!settings.metricsEnabled) return problem(404, "not_found", "metrics are disabled (PAYFLUX_METRICS_ENABLED=false)");
+  if (settings.metricsTokenDigest !== null && !secretMatches(bearerToken(request.header("authorization")), settings.metricsTokenDigest)) {
+    return problem(401, "metrics_unauthorized", "send the metrics token as `Authorization: Bearer <token>`", {}, {
+      "www-authenticate": 'Bearer realm="payflux-metrics"',
+    });
+  }
+  return reply(200, await m.registry.metrics(), m.registry.contentType);
 }
