@@ -1,17 +1,20 @@
 import { createServer, type IncomingMessage, type RequestListener, type Server, type ServerResponse } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
-import type { Socket } from "node:net";
+import { createServer as createNetServer, type Server as NetServer, type Socket } from "node:net";
 import type { BodyResult } from "./body.ts";
 import type { Incoming, Reply } from "./exchange.ts";
+import { LaneConnection, unparsableResponse, type LaneOptions } from "./fast-lane.ts";
 import type { Duplex } from "node:stream";
 import { createServer as createTlsServer, type Server as TlsServer } from "node:tls";
 import { problemBody } from "./problem.ts";
 
 /**
  * Everything that touches the runtime's HTTP server lives here: starting and
- * stopping it, the client address, the connection caps and HTTPS. Bun and
- * Deno both serve through node:http (see startOnNodeHttp for why; HTTPS, see
- * startHttpsServer, is node:tls under it on Bun, node:https on Deno). The body-size
+ * stopping it, the connection caps and HTTPS. Every connection starts in the
+ * fast lane (src/fast-lane.ts), which serves well-formed ingest requests on
+ * the socket itself and hands any other connection to node:http (see
+ * startOnNodeHttp for why node:http and not Bun.serve; HTTPS is node:tls
+ * under both, except on Deno, where node:https serves it). The body-size
  * limit is enforced by src/body.ts; signals use `process.on`, which both
  * provide. The rest of src/ uses web standards and node: modules only.
  */
@@ -54,17 +57,19 @@ export async function startHttpServer(host: string, port: number, handlers: Hand
 }
 
 /**
- * Both runtimes serve through their node:http implementation, not Bun.serve
- * or Deno.serve:
+ * Both runtimes serve through a node:net (or node:tls) listener, the fast
+ * lane and node:http behind it, not Bun.serve or Deno.serve:
  * - Bun.serve (uWS) closes the connection, answering nothing, when a
  *   pipelined request arrives while the response before it is still pending;
- *   ours always is (it waits for fdatasync). Bun's node:http queues it
+ *   ours always is (it waits for fdatasync). node:http and the lane queue it
  *   (oven-sh/bun#32868, #38128 describe the Bun.serve side).
  * - Bun.serve has no per-connection hook, so it cannot cap connections per
- *   client address; node:http has the 'connection' event.
+ *   client address; node:net has the 'connection' event.
  * - In Deno 2.9, `Deno.serve`'s shutdown() makes the body of a request that
- *   is still arriving unreadable (denoland/deno#36809); node:http's close()
- *   stops accepting and lets requests in flight finish.
+ *   is still arriving unreadable (denoland/deno#36809); here stop() stops
+ *   accepting and lets requests in flight finish.
+ * - node:http on Bun costs about three times the CPU per small request of a
+ *   plain socket; the lane costs about what Bun.serve does (BENCHMARKS.md).
  */
 async function startOnNodeHttp(
   host: string,
@@ -72,7 +77,7 @@ async function startOnNodeHttp(
   handlers: Handlers,
   options: ServerOptions,
   tls?: TlsPair,
-): Promise<{ server: HttpServer; listener: Server | TlsServer }> {
+): Promise<{ server: HttpServer; listener: NetServer | TlsServer }> {
   let stopping = false;
   const handler: RequestListener = async (req, res) => {
     try {
@@ -126,16 +131,19 @@ async function startOnNodeHttp(
       res.end();
     }
   };
-  const server = tls !== undefined && onDeno ? (createHttpsServer(nodeTlsOptions(tls), handler) as unknown as Server) : createServer(handler);
-  // Bun's node:https cannot swap its certificate, its node:tls can: TLS there, and HTTP on top of each connection.
-  const front = tls !== undefined && !onDeno ? tlsFront(server, tls) : null;
+  // On Bun a plain or TLS listener feeds every connection to the fast lane, which hands odd ones to
+  // node:http. On Deno node:http (node:https) listens itself: Deno's node:http resets a handed-over
+  // connection after a response whose small body it drained, and cannot take over TLS sockets.
+  const server = onDeno && tls !== undefined ? (createHttpsServer(nodeTlsOptions(tls), handler) as unknown as Server) : createServer(handler);
+  const front = onDeno ? null : laneFront(server, handlers, tls, () => stopping);
   // The caps count TCP connections where they are accepted, before any TLS handshake.
-  const listener: Server | TlsServer = front?.listener ?? server;
+  const listener: NetServer | TlsServer = front?.listener ?? server;
   // Like Bun.serve's default idle timeout: a client that stops sending is cut off.
   server.setTimeout(IDLE_TIMEOUT_MS);
   server.headersTimeout = IDLE_TIMEOUT_MS;
   server.keepAliveTimeout = IDLE_TIMEOUT_MS;
-  limitConnections(listener as Server, options);
+  limitConnections(listener, options);
+  front?.start();
   server.on("clientError", (err: NodeJS.ErrnoException, socket: Socket) => answerUnparsable(err, socket));
   await new Promise<void>((resolve, reject) => {
     listener.once("error", (err: NodeJS.ErrnoException) => reject(err.code === "EADDRINUSE" ? new AddressInUseError(`${host}:${port} is already in use`) : err));
@@ -194,15 +202,7 @@ function answerUnparsable(err: NodeJS.ErrnoException, socket: Socket): void {
     socket.destroy();
     return;
   }
-  const tooLarge = err.code === "HPE_HEADER_OVERFLOW";
-  const status = tooLarge ? 431 : 400;
-  const body = tooLarge
-    ? problemBody(431, "headers_too_large", "the request headers are too large")
-    : problemBody(400, "bad_request", "the request is not valid HTTP/1.1 (request line, CRLF line endings, headers or framing)");
-  socket.end(
-    `HTTP/1.1 ${status} ${tooLarge ? "Request Header Fields Too Large" : "Bad Request"}\r\ncontent-type: application/problem+json\r\n` +
-      `content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
-  );
+  socket.end(unparsableResponse(err.code === "HPE_HEADER_OVERFLOW" ? 431 : 400));
   // end() only half-closes: a peer that never closes its side (a silent TLS client whose handshake
   // timed out, say) would hold the socket open. A second is plenty to read a small answer.
   setTimeout(() => socket.destroy(), 1000).unref?.();
@@ -240,7 +240,7 @@ function readNodeBody(req: IncomingMessage, limit: number, watch?: (chunk: Uint8
  * is closed at once, before a byte is read, so that neither one address nor
  * many together can take the descriptors that storage needs.
  */
-function limitConnections(server: Server, options: ServerOptions): void {
+function limitConnections(server: NetServer, options: ServerOptions): void {
   const perIp = new Map<string, number>();
   const tracked = new Map<Socket, string>();
   const release = (socket: Socket) => {
@@ -335,35 +335,60 @@ function nodeTlsOptions(tls: TlsPair) {
 }
 
 /**
- * A node:tls listener handing each connection to `server` (Bun). Bun's
- * node:http does not track connections handed to it this way, so this does:
- * at shutdown, idle ones are closed at once and busy ones after their answer.
+ * The listener (plain TCP, or node:tls) whose connections start in the fast
+ * lane (src/fast-lane.ts) and go to `server` (node:http) when a request is not
+ * of the lane's shape. Connections handed to node:http this way are not
+ * tracked by it (nor, on Bun, given its timeouts), so this does: at shutdown,
+ * idle ones are closed at once and busy ones after their answer.
  */
-function tlsFront(server: Server, tls: TlsPair) {
+function laneFront(server: Server, handlers: Handlers, tls: TlsPair | undefined, stopping: () => boolean) {
+  const lanes = new Set<LaneConnection>();
   const inFlight = new Map<Duplex, number>();
-  let stopping = false;
-  const listener = createTlsServer(nodeTlsOptions(tls), (socket) => {
-    inFlight.set(socket, 0);
-    socket.once("close", () => inFlight.delete(socket));
-    // Nor does it apply its timeouts to them: a connection silent for IDLE_TIMEOUT_MS is closed, as everywhere else.
+  let closing = false;
+  const laneOptions: LaneOptions = {
+    direct: handlers.direct,
+    handOver: (socket) => {
+      inFlight.set(socket, 0);
+      server.emit("connection", socket);
+    },
+    stopping,
+    drainLimit: DRAIN_LIMIT,
+    headTimeoutMs: IDLE_TIMEOUT_MS,
+  };
+  const accept = (socket: Socket) => {
+    if (socket.destroyed) return; // refused by the connection caps
+    // A connection silent for IDLE_TIMEOUT_MS is closed, whoever serves it.
     socket.setTimeout(IDLE_TIMEOUT_MS, () => socket.destroy());
-    server.emit("connection", socket);
-  });
-  // Before the handshake completes, too.
-  listener.on("connection", (socket: Duplex & { setTimeout(ms: number, cb: () => void): void }) => socket.setTimeout(IDLE_TIMEOUT_MS, () => socket.destroy()));
+    const lane = new LaneConnection(socket, laneOptions);
+    lanes.add(lane);
+    socket.once("close", () => {
+      lanes.delete(lane);
+      inFlight.delete(socket);
+    });
+  };
+  const listener = tls !== undefined ? createTlsServer(nodeTlsOptions(tls)) : createNetServer();
   server.on("request", (req: IncomingMessage, res: ServerResponse) => {
     const socket = req.socket;
     inFlight.set(socket, (inFlight.get(socket) ?? 0) + 1);
     res.once("close", () => {
       const n = (inFlight.get(socket) ?? 1) - 1;
       inFlight.set(socket, n);
-      if (stopping && n === 0) socket.end();
+      if (closing && n === 0) socket.end();
     });
   });
   return {
     listener,
+    /** Called after the connection caps are in place, so that they see each connection first. */
+    start() {
+      if (tls !== undefined) {
+        // Before the handshake completes, too.
+        listener.on("connection", (socket: Socket) => socket.setTimeout(IDLE_TIMEOUT_MS, () => socket.destroy()));
+        listener.on("secureConnection", accept);
+      } else listener.on("connection", accept);
+    },
     closeIdle() {
-      stopping = true;
+      closing = true;
+      for (const lane of lanes) lane.closeIfIdle();
       for (const [socket, n] of inFlight) if (n === 0) socket.destroy();
     },
   };
