@@ -1,4 +1,5 @@
-import { createHash, timingSafeEqual } from "node:crypto";
+import { createHash, hash, timingSafeEqual } from "node:crypto";
+import { PAUSE_EVERY, runSync, type Sliced } from "./slices.ts";
 
 /** The runbook's three denial reasons, exactly. */
 export const DENIAL_REASONS = ["missing_key", "revoked_key", "invalid_key"] as const;
@@ -6,7 +7,8 @@ export type DenialReason = (typeof DENIAL_REASONS)[number];
 
 /** SHA-256 of a key, hex. Keys are only ever held, compared and logged in this form. */
 export function keyDigest(key: string): string {
-  return createHash("sha256").update(key).digest("hex");
+  // The one-shot form: about 3x faster than createHash() on Bun (100,000 plain keys on a reload; every request).
+  return hash("sha256", key, "hex");
 }
 
 /**
@@ -95,17 +97,27 @@ export const EXPIRING_SOON_MS = 7 * 86_400_000;
  * preimage reveal nothing through timing.
  */
 export class KeyRing {
-  private readonly entries: Map<string, KeyEntry>;
+  private canonical: string | null = null;
+  private clientBuckets: Set<string> | null = null;
 
-  constructor(entries: Iterable<KeyEntry>) {
-    this.entries = new Map([...entries].map((e) => [e.digest, e]));
-  }
+  /** `entries` is keyed by digest; the ring owns it from now on (not copied: a reload may hold 100,000 keys). */
+  constructor(private readonly entries: ReadonlyMap<string, KeyEntry>) {}
 
   all(): KeyEntry[] {
     return [...this.entries.values()];
   }
 
-  private canonical: string | null = null;
+  get size(): number {
+    return this.entries.size;
+  }
+
+  values(): IterableIterator<KeyEntry> {
+    return this.entries.values();
+  }
+
+  get(digest: string): KeyEntry | undefined {
+    return this.entries.get(digest);
+  }
 
   /**
    * SHA-256 (hex) over every key's digest, client, revocation, expiry and
@@ -114,29 +126,64 @@ export class KeyRing {
    * three times).
    */
   contentDigest(): string {
-    if (this.canonical === null) {
-      const hash = createHash("sha256");
-      for (const d of [...this.entries.keys()].sort()) {
-        const e = this.entries.get(d)!;
-        hash.update(`${d} ${e.client ?? ""} ${e.revoked ? 1 : 0} ${e.notAfter} ${e.limits.rps} ${e.limits.burst}\n`);
-      }
-      this.canonical = hash.digest("hex");
+    return (this.canonical ??= runSync(this.hashContent()));
+  }
+
+  /**
+   * Whether a bucket may still be used (a key that is not revoked draws from
+   * it), for the limiter to keep it across a reload: a lookup, so that a
+   * reload costs O(buckets in use), not O(keys).
+   */
+  hasLiveBucket(bucket: string): boolean {
+    const e = this.entries.get(bucket); // an env key's bucket is its digest
+    if (e !== undefined && e.bucket === bucket) return !e.revoked;
+    return (this.clientBuckets ??= runSync(this.collectClientBuckets())).has(bucket);
+  }
+
+  /** Computes what a reload needs of the ring in advance, in slices (see runSliced). */
+  *prepare(): Sliced<void> {
+    this.canonical ??= yield* this.hashContent();
+    this.clientBuckets ??= yield* this.collectClientBuckets();
+  }
+
+  private *hashContent(): Sliced<string> {
+    // Digest order without one long sort: grouped by the first two characters, the groups sorted one by one.
+    const groups = new Map<string, string[]>();
+    let n = 0;
+    for (const d of this.entries.keys()) {
+      const prefix = d.slice(0, 2);
+      const group = groups.get(prefix);
+      if (group === undefined) groups.set(prefix, [d]);
+      else group.push(d);
+      if (++n % PAUSE_EVERY === 0) yield;
     }
-    return this.canonical;
+    // Keys from the env lists share their line's end: formatting numbers per key was half the cost.
+    const shared = new Map<Limits, string>();
+    const tail = (e: KeyEntry) => {
+      if (e.client !== null || e.revoked || e.notAfter !== Infinity) return ` ${e.client ?? ""} ${e.revoked ? 1 : 0} ${e.notAfter} ${e.limits.rps} ${e.limits.burst}\n`;
+      let t = shared.get(e.limits);
+      if (t === undefined) shared.set(e.limits, (t = `  0 Infinity ${e.limits.rps} ${e.limits.burst}\n`));
+      return t;
+    };
+    const sha = createHash("sha256");
+    for (const prefix of [...groups.keys()].sort()) {
+      let text = "";
+      for (const d of groups.get(prefix)!.sort()) text += d + tail(this.entries.get(d)!);
+      sha.update(text); // one call per group: the same bytes, hence the same digest, as one call per key
+      yield;
+    }
+    return sha.digest("hex");
   }
 
-  /** Digests of the keys that are allowed (not revoked; expiry aside), for reload diffs. */
-  activeDigests(): string[] {
-    return this.all().filter((e) => !e.revoked).map((e) => e.digest);
-  }
-
-  revokedDigests(): string[] {
-    return this.all().filter((e) => e.revoked).map((e) => e.digest);
-  }
-
-  /** Buckets that may still be used (for the limiter to keep across a reload). */
-  liveBuckets(): string[] {
-    return this.all().filter((e) => !e.revoked).map((e) => e.bucket);
+  /** Buckets of named clients that are not revoked. */
+  private *collectClientBuckets(): Sliced<Set<string>> {
+    const live = new Set<string>();
+    let n = 0;
+    for (const e of this.entries.values()) {
+      if (!e.revoked && e.bucket !== e.digest) live.add(e.bucket);
+      if (++n % PAUSE_EVERY === 0) yield;
+    }
+    return live;
   }
 
   /** Counts by state at `now` (O(keys): for scrapes and check-config, never per request). */

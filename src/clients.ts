@@ -1,5 +1,6 @@
 import { configuredDigest, HASH_PREFIX, OTHER_CLIENT } from "./auth.ts";
 import { BURST_RANGE, RPS_RANGE } from "./limiter.ts";
+import { PAUSE_EVERY, runSync, type Sliced } from "./slices.ts";
 
 /**
  * The clients file (PAYFLUX_CLIENTS_FILE): one named client per line,
@@ -38,6 +39,11 @@ export interface ClientsFileResult {
 }
 
 export function parseClientsFile(text: string, file: string, minKeyLength: number): ClientsFileResult {
+  return runSync(parseClientsFileSliced(text, file, minKeyLength));
+}
+
+/** parseClientsFile as sliced work (a reload; see runSliced). */
+export function* parseClientsFileSliced(text: string, file: string, minKeyLength: number): Sliced<ClientsFileResult> {
   const clients: ClientSpec[] = [];
   const errors: string[] = [];
   const warnings: string[] = [];
@@ -46,6 +52,7 @@ export function parseClientsFile(text: string, file: string, minKeyLength: numbe
   const lines = text.split("\n");
   let plain = 0;
   for (let i = 0; i < lines.length; i++) {
+    if (i % PAUSE_EVERY === PAUSE_EVERY - 1) yield;
     const lineNo = i + 1;
     const at = `${file}:${lineNo}`;
     const line = lines[i]!.replace(/\r$/, "").trim();

@@ -1,10 +1,11 @@
 import { createHash } from "node:crypto";
 import { anonymousEntry, configuredDigest, HASH_PREFIX, KEY_ID_PREFIX, KeyRing, keyDigest, keyIdOf, type KeyEntry } from "./auth.ts";
-import { metricLabelOf, parseClientsFile, type ClientSpec } from "./clients.ts";
+import { metricLabelOf, parseClientsFileSliced, type ClientSpec } from "./clients.ts";
 import { readSnapshot, tornReason, unchanged, type FileSnapshot } from "./config-file.ts";
 import { TrustedProxies } from "./client-address.ts";
 import { parseEnvFile } from "./env-file.ts";
 import { BURST_RANGE, limitsOf, RPS_RANGE } from "./limiter.ts";
+import { PAUSE_EVERY, runSliced, runSync, type Sliced } from "./slices.ts";
 import { loadTls, type TlsMaterial } from "./tls.ts";
 
 /**
@@ -151,6 +152,15 @@ type Env = Record<string, string | undefined>;
  * SIGHUP reloads all go through here.
  */
 export function loadConfig(env: Env, configFile?: string): LoadResult {
+  return runSync(configSteps(env, configFile));
+}
+
+/** loadConfig in slices that let requests run in between (a SIGHUP reload of many keys; see runSliced). */
+export function loadConfigInSlices(env: Env, configFile?: string, sliceMs?: number): Promise<LoadResult> {
+  return runSliced(configSteps(env, configFile), sliceMs);
+}
+
+function* configSteps(env: Env, configFile: string | undefined): Sliced<LoadResult> {
   const errors: string[] = [];
   const warnings: string[] = [];
   const file = configFile ?? (env.PAYFLUX_CONFIG || undefined);
@@ -189,7 +199,7 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
   const ingestRps = number("PAYFLUX_INGEST_RPS", get("PAYFLUX_INGEST_RPS"), RPS_RANGE, errors);
   const ingestBurst = integer("PAYFLUX_INGEST_BURST", get("PAYFLUX_INGEST_BURST"), BURST_RANGE, errors);
   const clientsFile = get("PAYFLUX_CLIENTS_FILE");
-  const keys = loadKeys(get, clientsFile, ingestRps, ingestBurst, errors, warnings);
+  const keys = yield* loadKeys(get, clientsFile, ingestRps, ingestBurst, errors, warnings);
   const authFailRps = number("PAYFLUX_AUTH_FAIL_RPS", get("PAYFLUX_AUTH_FAIL_RPS"), { min: 0, max: 1_000_000 }, errors);
   const authFailBurst = integer("PAYFLUX_AUTH_FAIL_BURST", get("PAYFLUX_AUTH_FAIL_BURST"), { min: 0, max: 1_000_000 }, errors);
   const trustedProxies = TrustedProxies.parse(get("PAYFLUX_TRUST_PROXY"), errors);
@@ -242,6 +252,7 @@ export function loadConfig(env: Env, configFile?: string): LoadResult {
     maxConnections, maxConnectionsPerIp, tls,
     source: file ?? "environment", fingerprint: "", warnings,
   };
+  yield* keys.prepare();
   config.fingerprint = fingerprintOf(config);
   return { ok: true, config };
 }
@@ -260,7 +271,7 @@ export function fingerprintOf(c: Config): string {
  * keys or `sha256:<64 hex>`; PAYFLUX_REVOKED_KEYS also takes `key_id:<12 hex>`,
  * which must match exactly one configured key.
  */
-function loadKeys(get: (name: VariableName) => string, clientsFile: string, rps: number, burst: number, errors: string[], warnings: string[]): KeyRing {
+function* loadKeys(get: (name: VariableName) => string, clientsFile: string, rps: number, burst: number, errors: string[], warnings: string[]): Sliced<KeyRing> {
   const defaults = limitsOf(rps, burst);
   const entries = new Map<string, KeyEntry>();
   const allow = (digest: string, revoked: boolean) => {
@@ -268,8 +279,12 @@ function loadKeys(get: (name: VariableName) => string, clientsFile: string, rps:
     if (have !== undefined) have.revoked ||= revoked;
     else entries.set(digest, anonymousEntry(digest, revoked, defaults));
   };
+  let n = 0; // pause points in the loops over keys (hashing a plain key is the bulk of the work)
   for (const name of ["PAYFLUX_API_KEYS", "PAYFLUX_API_KEY"] as const) {
-    for (const entry of keyList(name, get(name), errors)) allow(configuredDigest(entry)!, false);
+    for (const entry of yield* keyList(name, get(name), errors)) {
+      allow(configuredDigest(entry)!, false);
+      if (++n % PAUSE_EVERY === 0) yield;
+    }
   }
 
   let clients: ClientSpec[] = [];
@@ -284,7 +299,7 @@ function loadKeys(get: (name: VariableName) => string, clientsFile: string, rps:
     if (snap !== null) {
       const torn = tornReason(clientsFile, snap.text);
       if (torn !== null) errors.push(torn);
-      const parsed = parseClientsFile(snap.text, clientsFile, MIN_KEY_LENGTH);
+      const parsed = yield* parseClientsFileSliced(snap.text, clientsFile, MIN_KEY_LENGTH);
       errors.push(...parsed.errors);
       warnings.push(...parsed.warnings);
       clients = parsed.clients;
@@ -294,7 +309,8 @@ function loadKeys(get: (name: VariableName) => string, clientsFile: string, rps:
     }
   }
   // A named client replaces an env entry of the same key (it has a name and options); revocation stays.
-  clients.forEach((c, i) => {
+  for (const [i, c] of clients.entries()) {
+    if (++n % PAUSE_EVERY === 0) yield;
     const envRevoked = entries.get(c.digest)?.revoked ?? false;
     entries.set(c.digest, {
       digest: c.digest,
@@ -306,18 +322,29 @@ function loadKeys(get: (name: VariableName) => string, clientsFile: string, rps:
       bucket: `client/${c.name}`,
       metricLabel: metricLabelOf(i, c.name),
     });
-  });
+  }
   const allowedCount = entries.size;
 
-  const configured = [...entries.keys()];
-  for (const entry of keyList("PAYFLUX_REVOKED_KEYS", get("PAYFLUX_REVOKED_KEYS"), errors)) {
+  const revocations = yield* keyList("PAYFLUX_REVOKED_KEYS", get("PAYFLUX_REVOKED_KEYS"), errors);
+  // key_id entries match the configured keys (not those only revoked): indexed once, not scanned per entry.
+  const byKeyId = new Map<string, string[]>();
+  if (revocations.some((entry) => entry.startsWith(KEY_ID_PREFIX))) {
+    for (const d of entries.keys()) {
+      const same = byKeyId.get(keyIdOf(d));
+      if (same === undefined) byKeyId.set(keyIdOf(d), [d]);
+      else same.push(d);
+      if (++n % PAUSE_EVERY === 0) yield;
+    }
+  }
+  for (const entry of revocations) {
+    if (++n % PAUSE_EVERY === 0) yield;
     if (!entry.startsWith(KEY_ID_PREFIX)) {
       allow(configuredDigest(entry)!, true);
       continue;
     }
     // A key_id is no secret (logs show it): messages may quote it.
     const id = entry.slice(KEY_ID_PREFIX.length).toLowerCase();
-    const matches = configured.filter((d) => d.startsWith(id));
+    const matches = byKeyId.get(id) ?? [];
     if (matches.length > 1) {
       errors.push(`PAYFLUX_REVOKED_KEYS: ${KEY_ID_PREFIX}${id} matches ${matches.length} configured keys; revoke by the ${HASH_PREFIX} form instead`);
     } else if (matches.length === 0) {
@@ -327,13 +354,13 @@ function loadKeys(get: (name: VariableName) => string, clientsFile: string, rps:
     }
   }
 
-  const keys = new KeyRing(entries.values());
+  const keys = new KeyRing(entries);
   if (allowedCount === 0 && errors.length === 0) {
     errors.push(
       "no API key is configured, so every request would be refused: set PAYFLUX_API_KEYS=<key>[,<key>...] or PAYFLUX_CLIENTS_FILE " +
         "(generate a key with `payflux keygen` or `openssl rand -hex 32`)",
     );
-  } else if (allowedCount > 0 && keys.activeDigests().length === 0) {
+  } else if (allowedCount > 0 && [...entries.values()].every((e) => e.revoked)) {
     warnings.push("every allowed key is also revoked: all ingest requests will be refused with revoked_key");
   }
   return keys;
@@ -371,33 +398,35 @@ function consumerGroups(raw: string, errors: string[]): string {
 }
 
 /** Splits a comma-separated key list; problems name the variable and the entry's position, never the key. */
-function keyList(name: string, raw: string, errors: string[]): string[] {
+function* keyList(name: string, raw: string, errors: string[]): Sliced<string[]> {
   if (raw === "") return [];
   const keys: string[] = [];
-  raw.split(",").forEach((part, i) => {
-    const key = part.trim();
-    if (key === "") return;
+  const parts = raw.split(",");
+  for (let i = 0; i < parts.length; i++) {
+    if (i % PAUSE_EVERY === PAUSE_EVERY - 1) yield;
+    const key = parts[i]!.trim();
+    if (key === "") continue;
     if (!/^[\x21-\x7e]+$/.test(key)) {
       errors.push(`${name} entry ${i + 1} contains spaces or non-printable characters; keys must be printable ASCII`);
-      return;
+      continue;
     }
     if (key.startsWith(HASH_PREFIX) && configuredDigest(key) === null) {
       errors.push(`${name} entry ${i + 1} starts with ${HASH_PREFIX} but is not ${HASH_PREFIX}<64 hex digits>`);
-      return;
+      continue;
     }
     if (key.startsWith(KEY_ID_PREFIX)) {
       if (name !== "PAYFLUX_REVOKED_KEYS") errors.push(`${name} entry ${i + 1}: ${KEY_ID_PREFIX} names a key only in PAYFLUX_REVOKED_KEYS`);
       else if (/^[0-9a-fA-F]{12}$/.test(key.slice(KEY_ID_PREFIX.length))) keys.push(key);
       else errors.push(`${name} entry ${i + 1} must be ${KEY_ID_PREFIX}<12 hex digits>`);
-      return;
+      continue;
     }
     if (key.length < MIN_KEY_LENGTH) {
       // Also for revocations: a short entry is a key cut short (a half-written file) or a key that could never be used.
       errors.push(`${name} entry ${i + 1} is shorter than ${MIN_KEY_LENGTH} characters (a key cut short?); use \`payflux keygen\` for a strong key`);
-      return;
+      continue;
     }
     keys.push(key);
-  });
+  }
   return keys;
 }
 

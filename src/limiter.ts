@@ -57,10 +57,10 @@ export class RateLimiter {
   }
 
   /** Applies new default limits: buckets that stay keep their tokens (capped at their burst on next use); others are dropped. */
-  reconfigure(rps: number, burst: number, liveBuckets: Iterable<string>): void {
+  reconfigure(rps: number, burst: number, isLive: (bucket: string) => boolean): void {
     this.defaults = limitsOf(rps, burst);
-    const live = new Set(liveBuckets);
-    for (const id of this.buckets.keys()) if (!live.has(id)) this.buckets.delete(id);
+    // O(buckets in use), not O(keys): a reload of 100,000 keys must not stop the event loop here.
+    for (const id of this.buckets.keys()) if (!isLive(id)) this.buckets.delete(id);
   }
 
   /** `RateLimit-Policy` value of the default limits. */

@@ -1,8 +1,9 @@
 import type { KeyCounts } from "./auth.ts";
-import { fingerprintOf, keysFingerprintOf, loadConfig, SETTING_VARIABLE, type Config } from "./config.ts";
+import { fingerprintOf, keysFingerprintOf, loadConfigInSlices, SETTING_VARIABLE, type Config } from "./config.ts";
 import type { LogLimits } from "./event-log.ts";
 import type { Gateway } from "./gateway.ts";
 import { setClientSeries } from "./metrics.ts";
+import { PAUSE_EVERY, runSliced, type Sliced } from "./slices.ts";
 import type { TlsMaterial } from "./tls.ts";
 
 /** Settings bound at start-up; a changed value waits for a restart. */
@@ -16,7 +17,7 @@ const SETTINGS = Object.keys(SETTING_VARIABLE) as (keyof typeof SETTING_VARIABLE
  */
 export function applyConfig(gw: Gateway, next: Config): void {
   gw.config = next;
-  gw.limiter.reconfigure(next.ingestRps, next.ingestBurst, next.keys.liveBuckets());
+  gw.limiter.reconfigure(next.ingestRps, next.ingestBurst, (bucket) => next.keys.hasLiveBucket(bucket));
   gw.authFailures.reconfigure(next.authFailRps, next.authFailBurst);
   gw.dedup.setLimits(next.dedupWindowMs, next.dedupMaxIds);
   gw.log.setLimits(logLimits(next));
@@ -28,19 +29,23 @@ export function applyConfig(gw: Gateway, next: Config): void {
 /**
  * Re-reads the config (SIGHUP) through the same loader and validator as
  * start-up. A bad config changes nothing: the service keeps the one in force.
+ * The loading and the key diff run in slices (requests are served in
+ * between); the config applies in one step at the end. One reload at a time:
+ * see coalescedReloads.
  */
-export function reloadConfig(
+export async function reloadConfig(
   gw: Gateway,
   env: Record<string, string | undefined>,
   configFile: string | undefined,
   /** Puts a new certificate in service for new handshakes (HTTPS only); throws when it cannot. */
   swapTls?: (tls: TlsMaterial) => void,
-): boolean {
-  const result = loadConfig(env, configFile);
+): Promise<boolean> {
+  const result = await loadConfigInSlices(env, configFile);
   const { metrics, logger } = gw;
   const fail = (errors: string[]) => reloadFailed(gw, errors);
   if (!result.ok) return reloadFailed(gw, result.errors);
   const prev = gw.config;
+  const keys = await runSliced(keyChanges(prev, result.config));
   const candidate = result.config;
   // Restart-only settings keep their running value.
   const next: Config = { ...candidate };
@@ -64,7 +69,6 @@ export function reloadConfig(
   }
   // The fingerprint describes the config in force, not the file.
   next.fingerprint = fingerprintOf(next);
-  const keys = keyChanges(prev, next);
   const changedSettings = SETTINGS.filter((n) => next[n] !== prev[n]).map((n) => SETTING_VARIABLE[n]);
   const changes = {
     ...keys,
@@ -97,24 +101,65 @@ export function keyStates(c: KeyCounts): { active: number; revoked: number; expi
  * -> absent), revoked (active or absent -> revoked), unrevoked (revoked ->
  * active). Each key counts once.
  */
-export function keyChanges(prev: Config, next: Config) {
-  const state = (c: Config) => {
-    const s = new Map<string, "active" | "revoked">();
-    for (const d of c.keys.activeDigests()) s.set(d, "active");
-    for (const d of c.keys.revokedDigests()) s.set(d, "revoked");
-    return s;
-  };
-  const before = state(prev);
-  const after = state(next);
+export function* keyChanges(prev: Config, next: Config): Sliced<KeyChanges> {
   const counts = { keys_added: 0, keys_removed: 0, keys_revoked: 0, keys_unrevoked: 0 };
-  for (const [d, now] of after) {
-    const was = before.get(d);
-    if (now === "active" && was === undefined) counts.keys_added++;
-    else if (now === "active" && was === "revoked") counts.keys_unrevoked++;
-    else if (now === "revoked" && was !== "revoked") counts.keys_revoked++;
+  let kept = 0; // keys in both: the rest of prev was removed (one pass over next, no second one over prev)
+  let n = 0;
+  for (const now of next.keys.values()) {
+    const was = prev.keys.get(now.digest);
+    if (was !== undefined) kept++;
+    if (!now.revoked && was === undefined) counts.keys_added++;
+    else if (!now.revoked && was!.revoked) counts.keys_unrevoked++;
+    else if (now.revoked && was?.revoked !== true) counts.keys_revoked++;
+    if (++n % PAUSE_EVERY === 0) yield;
   }
-  for (const d of before.keys()) if (!after.has(d)) counts.keys_removed++;
+  counts.keys_removed = prev.keys.size - kept;
   return counts;
+}
+
+export interface KeyChanges {
+  keys_added: number;
+  keys_removed: number;
+  keys_revoked: number;
+  keys_unrevoked: number;
+}
+
+/**
+ * The SIGHUP handler: a signal starts a reload (after `settle`: the files
+ * have stopped changing) unless one is under way. Signals during the wait are
+ * covered by the read that follows it; a signal during the read and apply
+ * makes the reload run once more when it ends, so the files' last version is
+ * always applied, and two reloads never interleave.
+ */
+export function coalescedReloads(steps: {
+  /** Resolves true once the files are quiet, false when they kept changing. */
+  settle: () => Promise<boolean>;
+  apply: () => Promise<unknown>;
+  unsettled: () => void;
+}): () => void {
+  let running = false;
+  let again = false;
+  const run = async () => {
+    try {
+      do {
+        const quiet = await steps.settle();
+        again = false;
+        if (quiet) await steps.apply();
+        else steps.unsettled();
+      } while (again);
+    } finally {
+      running = false;
+    }
+  };
+  return () => {
+    if (running) {
+      again = true;
+      return;
+    }
+    running = true;
+    // Later in this turn: signals delivered together make one reload.
+    setTimeout(() => void run(), 0);
+  };
 }
 
 /** A reload that changes nothing: counted, and one error line (the errors never quote a value). */

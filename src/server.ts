@@ -11,7 +11,7 @@ import { RateLimiter } from "./limiter.ts";
 import { AddressLimiter } from "./address-limiter.ts";
 import { createLogger, LogThrottle } from "./logger.ts";
 import { createMetrics } from "./metrics.ts";
-import { applyConfig, keyStates, logLimits, reloadConfig, reloadFailed } from "./reload.ts";
+import { applyConfig, coalescedReloads, keyStates, logLimits, reloadConfig, reloadFailed } from "./reload.ts";
 import { SETTLE_MAX_MS, waitUntilQuiet } from "./config-file.ts";
 import { AddressInUseError, startHttpServer, startHttpsServer, type HttpServer, type HttpsServer, type ServerOptions } from "./runtime.ts";
 import { EXIT } from "./exit-codes.ts";
@@ -44,7 +44,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
   // Signals are handled from the first moment (an early SIGHUP must not kill
   // the process): until the service is up they are only remembered.
   const early: { reload: boolean; stop: string | null } = { reload: false, stop: null };
-  let onReload = () => void (early.reload = true);
+  let onReload: () => void = () => void (early.reload = true);
   let onStop = (signal: string) => void (early.stop ??= signal);
   process.on("SIGHUP", () => onReload());
   process.on("SIGTERM", () => onStop("SIGTERM"));
@@ -204,17 +204,11 @@ export async function serve(configFile: string | undefined): Promise<void> {
 
   // A burst of SIGHUPs coalesces into reloads of the file's latest content,
   // read once the file has stopped changing (a writer may be half-way).
-  let reloadQueued = false;
-  onReload = () => {
-    if (reloadQueued) return;
-    reloadQueued = true;
-    setTimeout(async () => {
-      const quiet = file === undefined || (await waitUntilQuiet(file));
-      reloadQueued = false;
-      if (quiet) reloadConfig(gw, env, configFile, https?.setTls);
-      else reloadFailed(gw, [`${file} kept changing for ${SETTLE_MAX_MS / 1000} s; nothing was applied: write it atomically (temporary file + rename) and reload again`]);
-    }, 0);
-  };
+  onReload = coalescedReloads({
+    settle: async () => file === undefined || (await waitUntilQuiet(file)),
+    apply: () => reloadConfig(gw, env, configFile, https?.setTls),
+    unsettled: () => reloadFailed(gw, [`${file} kept changing for ${SETTLE_MAX_MS / 1000} s; nothing was applied: write it atomically (temporary file + rename) and reload again`]),
+  });
 
   let stopping = false;
   const shutdown = async (signal: string) => {

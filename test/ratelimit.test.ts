@@ -272,7 +272,7 @@ describe("RateLimiter (injected clock)", () => {
     rl.take("gone", 0);
     expect(rl.size).toBe(3);
 
-    rl.reconfigure(1, 4, ["keep-high", "keep-low", "new"]);
+    rl.reconfigure(1, 4, (id) => ["keep-high", "keep-low", "new"].includes(id));
     expect(rl.size).toBe(2); // "gone" dropped; "new" has no bucket until it is used
 
     // keep-high: 7 capped at 4.
@@ -290,7 +290,7 @@ describe("RateLimiter (injected clock)", () => {
     const rl = new RateLimiter(1, 2);
     rl.take("a", 0);
     rl.take("a", 0);
-    rl.reconfigure(4, 2, ["a"]);
+    rl.reconfigure(4, 2, (id) => id === "a");
     expect(rl.take("a", 250)).toMatchObject({ allowed: true, remaining: 0 }); // 0.25 s * 4/s = 1 token
   });
 });

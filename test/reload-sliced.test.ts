@@ -1,0 +1,177 @@
+/**
+ * A SIGHUP reload of many keys runs in slices (issue 9: no request waits
+ * behind the whole reload), in-process and without timing: that other
+ * callbacks run before the loading finishes, that the sliced result is the
+ * synchronous one, the key diff, the limiter's bucket check, that the
+ * fingerprint's bytes did not change, and how SIGHUPs coalesce.
+ */
+import { describe, expect, test } from "bun:test";
+import { createHash } from "node:crypto";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { loadConfig, loadConfigInSlices, type Config } from "../src/config.ts";
+import { coalescedReloads, keyChanges } from "../src/reload.ts";
+import { runSliced, runSync } from "../src/slices.ts";
+import { tempDir } from "./support/harness.ts";
+
+const hex = (key: string) => createHash("sha256").update(key).digest("hex");
+const keys = (salt: string, n: number) => Array.from({ length: n }, (_, i) => `unit-${salt}-${String(i).padStart(6, "0")}-abcdefabcdef`);
+const ok = (r: ReturnType<typeof loadConfig>): Config => {
+  if (!r.ok) throw new Error(r.errors.join("\n"));
+  return r.config;
+};
+/** Lets queued callbacks (setImmediate, timers at 0) run, a bounded number of times, until `done`. */
+async function settle(done: () => boolean, rounds = 200): Promise<void> {
+  for (let i = 0; i < rounds && !done(); i++) await new Promise((r) => setTimeout(r, 0));
+}
+
+describe("loadConfigInSlices", () => {
+  const file = join(tempDir("payflux-unit-"), "payflux.env");
+  writeFileSync(file, `PAYFLUX_API_KEYS=${keys("a", 5000).join(",")}\nPAYFLUX_REVOKED_KEYS=${keys("a", 3).join(",")}\n`);
+
+  test("other callbacks run before it finishes (it yields), and the result is loadConfig's", async () => {
+    let ticks = 0;
+    let running = true;
+    const tick = () => {
+      if (!running) return;
+      ticks++;
+      setImmediate(tick);
+    };
+    setImmediate(tick);
+    const sliced = ok(await loadConfigInSlices({}, file, 0));
+    running = false;
+    // A loader that never yields would finish before the first setImmediate callback.
+    expect(ticks).toBeGreaterThan(1);
+    const sync = ok(loadConfig({}, file));
+    expect(sliced.fingerprint).toBe(sync.fingerprint);
+    expect(sliced.keys.counts()).toEqual({ active: 4997, revoked: 3, expired: 0, expiringSoon: 0 });
+  });
+
+  test("a bad file changes nothing the same way: errors, not a config", async () => {
+    const bad = join(tempDir("payflux-unit-"), "payflux.env");
+    writeFileSync(bad, `PAYFLUX_API_KEYS=${keys("a", 2000).join(",")},short\n`);
+    const r = await loadConfigInSlices({}, bad, 0);
+    expect(r.ok).toBe(false);
+    expect(!r.ok && r.errors.join()).toContain("PAYFLUX_API_KEYS entry 2001 is shorter than 16 characters");
+  });
+});
+
+describe("the key ring", () => {
+  const dir = tempDir("payflux-unit-");
+  const clients = join(dir, "clients");
+  writeFileSync(
+    clients,
+    `acme sha256:${hex("unit-secret-acme-aaaaaaaaaaaaaaaa")} rps=3 burst=9 not_after=2027-03-31T00:00:00Z\n` +
+      `globex unit-secret-globex-bbbbbbbbbbbbbb revoked\ninitech unit-secret-initech-cccccccccccc\n`,
+  );
+  const config = ok(
+    loadConfig({ PAYFLUX_CLIENTS_FILE: clients, PAYFLUX_API_KEYS: keys("b", 50).join(","), PAYFLUX_REVOKED_KEYS: keys("b", 2).join(","), PAYFLUX_INGEST_RPS: "7" }),
+  );
+
+  test("the content digest hashes the same bytes as before slicing (one line per key in digest order), so fingerprints stay comparable across versions", () => {
+    const sha = createHash("sha256");
+    for (const e of config.keys.all().sort((a, b) => (a.digest < b.digest ? -1 : 1))) {
+      sha.update(`${e.digest} ${e.client ?? ""} ${e.revoked ? 1 : 0} ${e.notAfter} ${e.limits.rps} ${e.limits.burst}\n`);
+    }
+    expect(config.keys.contentDigest()).toBe(sha.digest("hex"));
+  });
+
+  test("hasLiveBucket: an env key's digest and a named client's bucket while not revoked", () => {
+    const ring = config.keys;
+    expect(ring.hasLiveBucket(hex(keys("b", 50)[10]!))).toBe(true);
+    expect(ring.hasLiveBucket(hex(keys("b", 50)[0]!))).toBe(false); // revoked
+    expect(ring.hasLiveBucket("client/acme")).toBe(true);
+    expect(ring.hasLiveBucket("client/initech")).toBe(true);
+    expect(ring.hasLiveBucket("client/globex")).toBe(false); // revoked
+    expect(ring.hasLiveBucket(hex("unit-secret-initech-cccccccccccc"))).toBe(false); // a named client draws from client/initech
+    expect(ring.hasLiveBucket(hex("never-configured-key-000000"))).toBe(false);
+  });
+
+  test("keyChanges counts each key once: added, removed, revoked, un-revoked", async () => {
+    const prev = ok(loadConfig({ PAYFLUX_API_KEYS: keys("c", 3000).join(","), PAYFLUX_REVOKED_KEYS: keys("c", 10).join(",") }));
+    // keep 0..1999 (un-revoke 0..4, revoke 10..19), drop 2000..2999, add d0..d499, revoke an unknown key
+    const kept = keys("c", 2000);
+    const next = ok(
+      loadConfig({
+        PAYFLUX_API_KEYS: [...kept, ...keys("d", 500)].join(","),
+        PAYFLUX_REVOKED_KEYS: [...kept.slice(5, 10), ...kept.slice(10, 20), "unit-unknown-key-000000000000"].join(","),
+      }),
+    );
+    const expected = { keys_added: 500, keys_removed: 1000, keys_revoked: 11, keys_unrevoked: 5 };
+    expect(runSync(keyChanges(prev, next))).toEqual(expected);
+    expect(await runSliced(keyChanges(prev, next), 0)).toEqual(expected);
+  });
+});
+
+describe("coalescedReloads (the SIGHUP handler)", () => {
+  /** Steps whose settle and apply finish only when the test says so. */
+  function harness() {
+    const log: string[] = [];
+    let active = 0;
+    let maxActive = 0;
+    const pending: { settle: ((quiet: boolean) => void)[]; apply: (() => void)[] } = { settle: [], apply: [] };
+    const trigger = coalescedReloads({
+      settle: () => new Promise<boolean>((r) => pending.settle.push(r)),
+      apply: async () => {
+        maxActive = Math.max(maxActive, ++active);
+        log.push("apply");
+        await new Promise<void>((r) => pending.apply.push(r));
+        active--;
+      },
+      unsettled: () => log.push("unsettled"),
+    });
+    return { log, trigger, pending, maxActive: () => maxActive };
+  }
+
+  test("signals delivered together make one reload", async () => {
+    const h = harness();
+    h.trigger();
+    h.trigger();
+    h.trigger();
+    await settle(() => h.pending.settle.length > 0);
+    h.pending.settle.shift()!(true);
+    await settle(() => h.pending.apply.length > 0);
+    h.pending.apply.shift()!();
+    await settle(() => false, 20);
+    expect(h.log).toEqual(["apply"]);
+    expect(h.pending.settle).toEqual([]);
+  });
+
+  test("signals during the quiet-file wait are covered by the read after it: no second reload", async () => {
+    const h = harness();
+    h.trigger();
+    await settle(() => h.pending.settle.length > 0);
+    h.trigger();
+    h.trigger();
+    h.pending.settle.shift()!(true);
+    await settle(() => h.pending.apply.length > 0);
+    h.pending.apply.shift()!();
+    await settle(() => false, 20);
+    expect(h.log).toEqual(["apply"]);
+  });
+
+  test("signals during a reload run it exactly once more after it, never two at once", async () => {
+    const h = harness();
+    h.trigger();
+    await settle(() => h.pending.settle.length > 0);
+    h.pending.settle.shift()!(true);
+    await settle(() => h.pending.apply.length > 0);
+    for (let i = 0; i < 5; i++) h.trigger(); // the file may have changed after it was read
+    await settle(() => false, 20);
+    expect(h.pending.settle).toEqual([]); // nothing starts while the first reload runs
+    h.pending.apply.shift()!();
+    await settle(() => h.pending.settle.length > 0);
+    h.pending.settle.shift()!(true);
+    await settle(() => h.pending.apply.length > 0);
+    h.pending.apply.shift()!();
+    await settle(() => false, 20);
+    expect(h.log).toEqual(["apply", "apply"]);
+    expect(h.maxActive()).toBe(1);
+    // And the handler is ready for the next signal.
+    h.trigger();
+    await settle(() => h.pending.settle.length > 0);
+    h.pending.settle.shift()!(false);
+    await settle(() => h.log.length === 3);
+    expect(h.log).toEqual(["apply", "apply", "unsettled"]);
+  });
+});
