@@ -1,5 +1,5 @@
 import {
-  closeSync, fdatasync, fdatasyncSync, fsyncSync, fstatSync, ftruncateSync, mkdirSync, openSync, readdirSync, readSync, statSync, unlinkSync, writeSync,
+  closeSync, fdatasync, fdatasyncSync, fsyncSync, fstatSync, ftruncateSync, mkdirSync, openSync, readdirSync, readSync, statSync, unlinkSync, write, writeSync,
 } from "node:fs";
 import { join } from "node:path";
 import { frame, unframe } from "./record.ts";
@@ -15,7 +15,7 @@ import { frame, unframe } from "./record.ts";
  *
  * Durability uses group commit: `append` queues records and returns a
  * promise. One flush at a time writes everything queued as one write and
- * runs one fdatasync off the event loop (node's thread pool); requests that
+ * runs one fdatasync, both off the event loop (node's thread pool); requests that
  * arrive meanwhile form the next group. All promises of a group resolve
  * together once their bytes are durable. A failed write or sync is cut back
  * off the file and rejects every promise of its group, so nothing
@@ -108,6 +108,10 @@ function scanLines(buf: Uint8Array): { records: Buffer[]; damaged: number; lastG
   return { records, damaged, lastGoodEnd, wholeEnd: start };
 }
 
+function encode(group: Pending[]): Buffer {
+  return Buffer.from(group.length === 1 ? group[0]!.data : group.map((p) => p.data).join(""));
+}
+
 function readWhole(path: string): Buffer {
   const fd = openSync(path, "r");
   try {
@@ -142,6 +146,8 @@ export class EventLog {
   /** A group's fdatasync is running on the thread pool. */
   private syncing = false;
   private syncingBytes = 0;
+  /** Called once the group in flight has settled (close() waits for it). */
+  private idleWaiters: (() => void)[] = [];
   private lastFailure: Error | null = null;
   private lastProbeAt = 0;
   /** Why the last retention sweep could not read the directory, or null. */
@@ -269,30 +275,44 @@ export class EventLog {
     return used() > this.limits.maxBytes;
   }
 
-  /** Starts writing the queued group unless a flush is already running (its end starts the next). */
+  /**
+   * Starts writing the queued group unless a flush is already running (its
+   * end starts the next). The write and the fdatasync both run on the thread
+   * pool: the event loop never waits for the disk.
+   */
   private flush(): void {
     this.scheduled = false;
     if (this.syncing || this.queue.length === 0) return;
     const group = this.takeQueue();
     const started = performance.now();
-    let fd: number;
-    let bytes: number;
+    let data: Buffer;
     try {
-      bytes = this.write(group);
-      fd = this.fd!;
+      if (this.fd === null) this.openSegment(this.durableSize);
+      data = encode(group);
     } catch (err) {
       this.settle(group, err as Error);
       return;
     }
+    const fd = this.fd!;
     this.syncing = true;
-    this.syncingBytes = bytes;
-    (this.hooks.fdatasync ?? fdatasync)(fd, (err) => {
+    this.syncingBytes = data.length;
+    const done = (err: NodeJS.ErrnoException | null) => {
       this.syncing = false;
       this.syncingBytes = 0;
       if (err) this.settle(group, err);
-      else this.commit(group, bytes, started);
+      else this.commit(group, data.length, started);
+      const waiters = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const w of waiters) w();
       this.flush();
-    });
+    };
+    const writeFrom = (offset: number) =>
+      write(fd, data, offset, data.length - offset, null, (err, n) => {
+        if (err) return done(err);
+        if (offset + n < data.length) return writeFrom(offset + n);
+        (this.hooks.fdatasync ?? fdatasync)(fd, done);
+      });
+    writeFrom(0);
   }
 
   private takeQueue(): Pending[] {
@@ -302,10 +322,10 @@ export class EventLog {
     return group;
   }
 
-  /** Writes a group to the page cache; returns its size. */
-  private write(group: Pending[]): number {
+  /** Writes a group synchronously (shutdown only); returns its size. */
+  private writeSync(group: Pending[]): number {
     if (this.fd === null) this.openSegment(this.durableSize);
-    const data = Buffer.from(group.length === 1 ? group[0]!.data : group.map((p) => p.data).join(""));
+    const data = encode(group);
     let written = 0;
     while (written < data.length) written += writeSync(this.fd!, data, written, data.length - written);
     return data.length;
@@ -333,13 +353,13 @@ export class EventLog {
     for (const p of group) p.reject(err);
   }
 
-  /** Writes and syncs everything still queued, synchronously (shutdown). */
-  flushSync(): void {
+  /** Writes and syncs everything still queued, synchronously (shutdown, once no group is in flight). */
+  private flushSync(): void {
     if (this.queue.length === 0) return;
     const group = this.takeQueue();
     const started = performance.now();
     try {
-      const bytes = this.write(group);
+      const bytes = this.writeSync(group);
       fdatasyncSync(this.fd!);
       this.commit(group, bytes, started);
     } catch (err) {
@@ -483,8 +503,9 @@ export class EventLog {
     return listSegments(this.dir);
   }
 
-  /** Flushes what is queued and closes the segment (graceful shutdown). */
-  close(): void {
+  /** Waits for the group in flight, flushes what is queued and closes the segment (graceful shutdown). */
+  async close(): Promise<void> {
+    while (this.syncing) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
     this.flushSync();
     if (this.fd !== null) closeSync(this.fd);
     this.fd = null;

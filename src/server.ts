@@ -222,7 +222,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
     ]);
     clearInterval(retention);
     clearInterval(recheck);
-    log.close();
+    await log.close();
     if (drained) {
       try {
         writeSnapshot(config.dataDir, dedup.exportIds(), gw.config.dedupWindowMs, log.durableEnd());

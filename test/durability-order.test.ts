@@ -42,7 +42,7 @@ describe("group commit: an append resolves only after its fdatasync returned", (
     held[1]!.release();
     await second;
     expect(done).toEqual(["first", "second"]);
-    log.close();
+    await log.close();
   });
 
   test("a failed sync rejects its group and acknowledges nothing", async () => {
@@ -50,7 +50,7 @@ describe("group commit: an append resolves only after its fdatasync returned", (
       fdatasync: (_fd, cb) => setTimeout(() => cb(Object.assign(new Error("EIO"), { code: "EIO" })), 5),
     });
     await expect(log.append(['{"n":1}'])).rejects.toThrow("EIO");
-    log.close();
+    await log.close();
   });
 });
 
