@@ -68,7 +68,7 @@ export interface LogHooks {
 
 interface Pending {
   /** Framed lines. */
-  data: string;
+  data: Buffer;
   bytes: number;
   records: number;
   resolve: () => void;
@@ -232,7 +232,7 @@ export class EventLog {
    */
   append(records: string[]): Promise<void> {
     const data = frame(records);
-    const bytes = Buffer.byteLength(data);
+    const bytes = data.length;
     if (bytes > this.limits.maxBytes) return Promise.reject(new LargerThanStoreError("larger than PAYFLUX_STORAGE_MAX_BYTES"));
     if (this.wouldExceed(bytes)) {
       this.refusedBytes = bytes;
@@ -305,7 +305,7 @@ export class EventLog {
   /** Writes a group to the page cache; returns its size. */
   private write(group: Pending[]): number {
     if (this.fd === null) this.openSegment(this.durableSize);
-    const data = Buffer.from(group.length === 1 ? group[0]!.data : group.map((p) => p.data).join(""));
+    const data = group.length === 1 ? group[0]!.data : Buffer.concat(group.map((p) => p.data));
     let written = 0;
     while (written < data.length) written += writeSync(this.fd!, data, written, data.length - written);
     return data.length;
