@@ -106,9 +106,10 @@ export class DedupIndex {
     const owned = new Array<boolean>(n).fill(false);
     let taken = 0;
     for (const i of unseen) {
-      const id = ids[i]!;
-      if (this.inflight.get(id) === mine) continue; // an earlier index took it: a repeat
-      this.inflight.set(id, mine);
+      // No other request holds these ids now, so an id already in the map is a repeat within `ids`.
+      const before = this.inflight.size;
+      this.inflight.set(ids[i]!, mine);
+      if (this.inflight.size === before) continue;
       owned[i] = true;
       taken++;
     }

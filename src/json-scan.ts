@@ -65,30 +65,35 @@ export function scanJson(
   for (let i = start; i < end; i++) {
     const b = bytes[i]!;
     if (b === QUOTE) {
-      // Most bytes are inside strings: skip to the closing quote in a tight loop.
       const isKey = inEvent && expectKey && depth === eventDepth;
-      let escaped = false;
       let j = i + 1;
-      for (; j < end; j++) {
-        const c = bytes[j]!;
-        if (c === QUOTE) break;
-        if (c === BACKSLASH) {
-          j++;
-          escaped = true;
+      // Most keys are known names as they are: matched in place, in one pass.
+      let k = isKey ? known.at(bytes, j, end) : -1;
+      if (k >= 0) j += known.lengthOf(k);
+      else {
+        // Most bytes are inside strings: skip to the closing quote in a tight loop.
+        let escaped = false;
+        for (; j < end; j++) {
+          const c = bytes[j]!;
+          if (c === QUOTE) break;
+          if (c === BACKSLASH) {
+            j++;
+            escaped = true;
+          }
         }
+        if (isKey && escaped && j < end) k = known.escaped(bytes, i + 1, j);
       }
       if (isKey) {
         expectKey = false;
-        if (j < end) {
-          const bit = known.lookup(bytes, i + 1, j, escaped);
-          if (bit !== 0 && current !== null) {
-            if ((seen & bit) !== 0) {
-              const name = known.nameOf(bit);
-              if (!current.duplicates.includes(name)) current.duplicates = [...current.duplicates, name];
-            }
-            seen |= bit;
-            retryValueStart = bit === known.retryCountBit ? -2 : -1; // -2: the value follows the colon
-          } else retryValueStart = -1;
+        retryValueStart = -1;
+        if (k >= 0 && current !== null) {
+          const bit = 1 << k;
+          if ((seen & bit) !== 0) {
+            const name = known.nameOf(k);
+            if (!current.duplicates.includes(name)) current.duplicates = [...current.duplicates, name];
+          }
+          seen |= bit;
+          if (k === known.retryCountIndex) retryValueStart = -2; // the value follows the colon
         }
       }
       i = j;
@@ -163,60 +168,62 @@ function isSpace(b: number): boolean {
   return b === 0x20 || b === 0x09 || b === 0x0a || b === 0x0d;
 }
 
-/** Known member names are shorter than this (in bytes). */
-const MAX_NAME = 64;
-
 /** The member names whose repetition is refused, matched on raw bytes (decoded only when escaped). */
 export class KnownMembers {
   private readonly names: string[];
   private readonly encoded: Uint8Array[];
-  /** Index of a name by (length, first byte), -1 for none; `next` chains names that share both. */
-  private readonly first = new Int8Array(MAX_NAME * 256).fill(-1);
-  private readonly next = new Int8Array(32).fill(-1);
+  /** Index of a name by its first byte, -1 for none; `nextByFirstByte` chains names that share it. */
+  private readonly byFirstByte = new Int8Array(256).fill(-1);
+  private readonly nextByFirstByte = new Int8Array(32).fill(-1);
   private readonly byName = new Map<string, number>();
-  readonly retryCountBit: number;
+  readonly retryCountIndex: number;
 
   constructor(names: readonly string[]) {
     if (names.length > 30) throw new Error("at most 30 known members");
     this.names = [...names];
     this.encoded = this.names.map((n) => ascii.encode(n));
-    this.names.forEach((n, i) => this.byName.set(n, 1 << i));
+    this.names.forEach((n, i) => this.byName.set(n, i));
     this.encoded.forEach((e, i) => {
-      if (e.length === 0 || e.length >= MAX_NAME) throw new Error("known member names are 1 to 63 bytes");
-      const slot = e.length * 256 + e[0]!;
-      this.next[i] = this.first[slot]!;
-      this.first[slot] = i;
+      if (e.length === 0 || e.includes(QUOTE) || e.includes(BACKSLASH)) throw new Error("known member names are non-empty and need no escaping");
+      this.nextByFirstByte[i] = this.byFirstByte[e[0]!]!;
+      this.byFirstByte[e[0]!] = i;
     });
-    this.retryCountBit = this.byName.get("retry_count") ?? 0;
+    this.retryCountIndex = this.byName.get("retry_count") ?? -1;
   }
 
-  /** The bit of the member named by bytes[a, z) (JSON string content), or 0. */
-  lookup(bytes: Uint8Array, a: number, z: number, escaped: boolean): number {
-    if (escaped) return this.lookupEscaped(bytes, a, z);
-    const len = z - a;
-    if (len >= MAX_NAME) return 0;
-    // Only names of this length and first byte are compared (one at most, for the schema's names).
-    for (let k = this.first[len * 256 + bytes[a]!]!; k >= 0; k = this.next[k]!) {
+  /**
+   * The index of the known name written as it is at bytes[a] and closed by a
+   * quote right after it, or -1: any other key is unknown unless it has escapes.
+   */
+  at(bytes: Uint8Array, a: number, end: number): number {
+    if (a >= end) return -1;
+    for (let k = this.byFirstByte[bytes[a]!]!; k >= 0; k = this.nextByFirstByte[k]!) {
       const e = this.encoded[k]!;
+      const z = a + e.length;
+      if (z >= end || bytes[z] !== QUOTE) continue;
       let j = 1;
-      while (j < len && bytes[a + j] === e[j]) j++;
-      if (j === len) return 1 << k;
+      while (j < e.length && bytes[a + j] === e[j]) j++;
+      if (j === e.length) return k;
     }
-    return 0;
+    return -1;
   }
 
-  /** `"event\u005fid"` is `event_id` to JSON.parse: decode the (short) key to compare. Kept apart so lookup stays small. */
-  private lookupEscaped(bytes: Uint8Array, a: number, z: number): number {
-    if (z - a > 256) return 0;
+  lengthOf(k: number): number {
+    return this.encoded[k]!.length;
+  }
+
+  /** The index of the known name that the escaped key bytes[a, z) (JSON string content) spells, or -1: `"event\u005fid"` is `event_id` to JSON.parse. */
+  escaped(bytes: Uint8Array, a: number, z: number): number {
+    if (z - a > 256) return -1;
     try {
       const name = JSON.parse(`"${decoder.decode(bytes.subarray(a, z))}"`) as string;
-      return this.byName.get(name) ?? 0;
+      return this.byName.get(name) ?? -1;
     } catch {
-      return 0;
+      return -1;
     }
   }
 
-  nameOf(bit: number): string {
-    return this.names[31 - Math.clz32(bit)]!;
+  nameOf(k: number): string {
+    return this.names[k]!;
   }
 }

@@ -54,7 +54,7 @@ export function frame(records: string[]): Buffer {
   let o = 0;
   for (const record of records) {
     const body = out.write(record, o) - 1; // without the closing brace
-    const crc = crc32(out.subarray(o, o + body));
+    const crc = crcWithoutLast(crc32(record), 0x7d);
     o += body;
     out.set(CRC_MEMBER, o);
     o += CRC_MEMBER.length;
@@ -64,6 +64,27 @@ export function frame(records: string[]): Buffer {
     out[o++] = 0x0a; // \n
   }
   return out;
+}
+
+/** The CRC-32 table (reflected 0xedb88320), and its entries by their top byte (all 256 top bytes differ). */
+const CRC_TABLE = new Int32Array(256);
+const BY_TOP_BYTE = new Uint8Array(256);
+for (let n = 0; n < 256; n++) {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  CRC_TABLE[n] = c;
+  BY_TOP_BYTE[c >>> 24] = n;
+}
+
+/**
+ * The CRC-32 of some bytes without their last byte, given the CRC-32 of all
+ * of them: the CRC's last step run backwards. Lets frame hash the record
+ * string natively without cutting its brace off (a copy) first.
+ */
+export function crcWithoutLast(crc: number, last: number): number {
+  const r = ~crc; // the register after the last step
+  const x = BY_TOP_BYTE[r >>> 24]!; // the table index that step used
+  return ~(((r ^ CRC_TABLE[x]!) << 8) | (x ^ last)) >>> 0;
 }
 
 /** The record of one line (without its newline), with the crc member removed; null if the line is damaged. */

@@ -9,7 +9,8 @@ import { describe, expect, test } from "bun:test";
 import { DedupIndex, type Claim } from "../src/dedup.ts";
 import { isRfc3339, isUuid, KNOWN_FIELDS, PROCESSORS, validateEvent, type FieldError, type PaymentEvent } from "../src/events.ts";
 import { KnownMembers, scanJson, type EventFacts } from "../src/json-scan.ts";
-import { frame, toRecord, unframe } from "../src/record.ts";
+import { crc32 } from "node:zlib";
+import { crcWithoutLast, frame, toRecord, unframe } from "../src/record.ts";
 import { frameRef, isRfc3339Ref, KnownMembersRef, scanJsonRef, toRecordRef, validateEventRef } from "./support/batch-reference.ts";
 
 /** Deterministic PRNG (mulberry32). */
@@ -245,6 +246,15 @@ describe("stored bytes are what the previous toRecord + frame wrote", () => {
       expect(frame(records).equals(expected)).toBe(true);
       // A second call on the same (now extended) event gives the same record.
       expect(events.map((e) => toRecord(e, receivedAt, keyId))).toEqual(records);
+    }
+  });
+
+  test("crcWithoutLast: the CRC-32 of random buffers but their last byte, from zlib's CRC of all of them", () => {
+    const r = rng(8);
+    for (let n = 0; n < 5000; n++) {
+      const bytes = Uint8Array.from({ length: 1 + int(r, 300) }, () => int(r, 256));
+      const expected = crcBitwise(bytes.subarray(0, bytes.length - 1));
+      expect(crcWithoutLast(crc32(bytes), bytes[bytes.length - 1]!)).toBe(expected);
     }
   });
 
