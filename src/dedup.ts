@@ -1,4 +1,5 @@
 import type { EventLog, LogPosition } from "./event-log.ts";
+import { parseUuid } from "./events.ts";
 import { storedId } from "./record.ts";
 
 /**
@@ -190,32 +191,6 @@ export class DedupIndex {
 
 /** Resolution of the expiries the index keeps. */
 const TICK_MS = 10;
-
-/** Hex digit values by character code, -1 for anything else. */
-const HEX = new Int8Array(128).fill(-1);
-for (let i = 0; i < 16; i++) HEX["0123456789abcdef".charCodeAt(i)] = HEX["0123456789ABCDEF".charCodeAt(i)] = i;
-
-/** A UUID's 128 bits as four 32-bit words at out[at..]; false for anything that is not 8-4-4-4-12 hex digits. One pass, no allocation. */
-export function parseUuid(id: string, out: Uint32Array, at = 0): boolean {
-  if (id.length !== 36) return false;
-  let word = 0;
-  let digits = 0;
-  for (let i = 0; i < 36; i++) {
-    const c = id.charCodeAt(i);
-    if (i === 8 || i === 13 || i === 18 || i === 23) {
-      if (c !== 45 /* - */) return false;
-      continue;
-    }
-    const v = c < 128 ? HEX[c]! : -1;
-    if (v < 0) return false;
-    word = (word << 4) | v;
-    if ((++digits & 7) === 0) {
-      out[at + (digits >> 3) - 1] = word;
-      word = 0;
-    }
-  }
-  return true;
-}
 
 /** Entries per slot of the hash table at most; the table and the ring grow together past it. */
 const MAX_LOAD = 0.8;

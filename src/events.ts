@@ -100,18 +100,34 @@ function isDigit(c: number): boolean {
   return c >= 0x30 && c <= 0x39;
 }
 
-/** Hex digits by character code: 1 for 0-9, a-f, A-F. */
-const HEX_DIGIT = new Uint8Array(128);
-for (const c of "0123456789abcdefABCDEF") HEX_DIGIT[c.charCodeAt(0)] = 1;
-
 /** 8-4-4-4-12 hex digits, either case (the old service's /^[0-9a-f]{8}-...-[0-9a-f]{12}$/i), without a regex. */
 export function isUuid(s: string): boolean {
-  if (s.length !== 36) return false;
+  return parseUuid(s, SCRATCH);
+}
+const SCRATCH = new Uint32Array(4);
+
+/** Hex digit values by character code, -1 for anything else. */
+const HEX = new Int8Array(128).fill(-1);
+for (let i = 0; i < 16; i++) HEX["0123456789abcdef".charCodeAt(i)] = HEX["0123456789ABCDEF".charCodeAt(i)] = i;
+
+/** A UUID's 128 bits as four 32-bit words at out[at..]; false for anything that is not 8-4-4-4-12 hex digits. One pass, no allocation. */
+export function parseUuid(id: string, out: Uint32Array, at = 0): boolean {
+  if (id.length !== 36) return false;
+  let word = 0;
+  let hexDigits = 0;
   for (let i = 0; i < 36; i++) {
-    const c = s.charCodeAt(i);
+    const c = id.charCodeAt(i);
     if (i === 8 || i === 13 || i === 18 || i === 23) {
-      if (c !== 0x2d /* - */) return false;
-    } else if (c >= 128 || HEX_DIGIT[c] === 0) return false;
+      if (c !== 45 /* - */) return false;
+      continue;
+    }
+    const v = c < 128 ? HEX[c]! : -1;
+    if (v < 0) return false;
+    word = (word << 4) | v;
+    if ((++hexDigits & 7) === 0) {
+      out[at + (hexDigits >> 3) - 1] = word;
+      word = 0;
+    }
   }
   return true;
 }

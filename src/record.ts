@@ -43,9 +43,10 @@ const CRC_MEMBER = Buffer.from(',"crc":"');
 const HEX_DIGITS = Buffer.from("0123456789abcdef");
 
 /**
- * Frames records (JSON object texts) as log lines, in one buffer ready to
- * write: each record is encoded to UTF-8 once, and its CRC is taken on those
- * bytes. zlib's crc32 is native on Bun, Deno and Node.
+ * Frames records (JSON object texts, so each ends with `}`) as log lines, in
+ * one buffer ready to write: each record is encoded into it once, and its CRC
+ * is zlib's (native on Bun, Deno and Node) of the whole record with the
+ * closing brace's step undone.
  */
 export function frame(records: string[]): Buffer {
   let size = 0;
