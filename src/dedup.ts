@@ -1,4 +1,5 @@
 import type { EventLog, LogPosition } from "./event-log.ts";
+import { parseUuid } from "./events.ts";
 import { storedId } from "./record.ts";
 
 /**
@@ -14,6 +15,8 @@ export interface Claim {
   duplicates: number;
   /** Wakes requests that wait on the ids this claim owns. */
   readonly wake: () => void;
+  /** The ids' 128 bits, 4 words each, parsed once for claim and commit. */
+  readonly words: Uint32Array;
 }
 
 export class DedupIndex {
@@ -43,9 +46,10 @@ export class DedupIndex {
   restore(entries: Iterable<readonly [id: string, expiry: number]>): void {
     if (Array.isArray(entries)) this.table.reserve(Math.min(this.maxIds, entries.length));
     for (const [id, expiry] of entries) {
-      if (!parseUuid(id, this.words)) continue;
+      const w = this.words;
+      if (!parseUuid(id, w)) continue;
       this.makeRoom(0);
-      this.table.add(this.words, this.tick(expiry));
+      this.table.add(w[0]!, w[1]!, w[2]!, w[3]!, this.tick(expiry));
     }
     this.prune(Date.now());
   }
@@ -66,14 +70,11 @@ export class DedupIndex {
     return Math.floor((now - this.base) / TICK_MS);
   }
 
-  private isSeen(id: string, now: number): boolean {
-    const expiry = this.table.expiryOf(this.wordsOf(id));
+  /** Whether the id at words[4i, 4i + 4) is held and unexpired at `now`. */
+  private isSeen(words: Uint32Array, i: number, now: number): boolean {
+    const o = i * 4;
+    const expiry = this.table.expiryOf(words[o]!, words[o + 1]!, words[o + 2]!, words[o + 3]!);
     return expiry >= 0 && expiry > this.ticksAt(now);
-  }
-
-  private wordsOf(id: string): Uint32Array {
-    if (!parseUuid(id, this.words)) throw new TypeError("dedup ids are validated UUIDs");
-    return this.words;
   }
 
   /**
@@ -84,46 +85,46 @@ export class DedupIndex {
    * requests can never wait on each other.
    */
   async claim(ids: string[], now = Date.now()): Promise<Claim> {
-    const owned = new Array<boolean>(ids.length).fill(false);
-    let duplicates = 0;
-    const first = new Map<string, number>(); // id -> its first index, for ids not seen yet
-    for (let i = 0; i < ids.length; i++) {
-      const id = ids[i]!;
-      if (first.has(id) || this.isSeen(id, now)) duplicates++;
-      else first.set(id, i);
-    }
-    for (;;) {
+    const n = ids.length;
+    const words = new Uint32Array(n * 4);
+    for (let i = 0; i < n; i++) if (!parseUuid(ids[i]!, words, i * 4)) throw new TypeError("dedup ids are validated UUIDs");
+    // Indexes of the ids not seen yet; repeats within `ids` are dropped at the end.
+    let unseen: number[] = [];
+    for (let i = 0; i < n; i++) if (!this.isSeen(words, i, now)) unseen.push(i);
+    while (this.inflight.size > 0) {
       const held: Promise<void>[] = [];
-      for (const id of first.keys()) {
-        const other = this.inflight.get(id);
+      for (const i of unseen) {
+        const other = this.inflight.get(ids[i]!);
         if (other !== undefined) held.push(other);
       }
       if (held.length === 0) break;
       await Promise.all(held);
       const at = Date.now();
-      for (const id of [...first.keys()]) {
-        if (this.isSeen(id, at)) {
-          first.delete(id);
-          duplicates++;
-        }
-      }
+      unseen = unseen.filter((i) => !this.isSeen(words, i, at));
     }
     let wake!: () => void;
     const mine = new Promise<void>((resolve) => (wake = resolve));
-    for (const [id, i] of first) {
-      this.inflight.set(id, mine);
+    const owned = new Array<boolean>(n).fill(false);
+    let taken = 0;
+    for (const i of unseen) {
+      // No other request holds these ids now, so an id already in the map is a repeat within `ids`.
+      const before = this.inflight.size;
+      this.inflight.set(ids[i]!, mine);
+      if (this.inflight.size === before) continue;
       owned[i] = true;
+      taken++;
     }
-    return { owned, duplicates, wake };
+    return { owned, duplicates: n - taken, wake, words };
   }
 
   /** The owned ids are durable: remember them for the window and wake waiters. */
   commit(ids: string[], claim: Claim, now = Date.now()): void {
     const expiry = this.tick(now + this.windowMs);
+    const w = claim.words;
     for (let i = 0; i < ids.length; i++) {
       if (!claim.owned[i]) continue;
       this.makeRoom(now);
-      this.table.add(this.wordsOf(ids[i]!), expiry);
+      this.table.add(w[i * 4]!, w[i * 4 + 1]!, w[i * 4 + 2]!, w[i * 4 + 3]!, expiry);
     }
     this.prune(now);
     this.settle(ids, claim);
@@ -135,9 +136,7 @@ export class DedupIndex {
   }
 
   private settle(ids: string[], claim: Claim): void {
-    ids.forEach((id, i) => {
-      if (claim.owned[i]) this.inflight.delete(id);
-    });
+    for (let i = 0; i < ids.length; i++) if (claim.owned[i]) this.inflight.delete(ids[i]!);
     claim.wake();
   }
 
@@ -174,13 +173,12 @@ export class DedupIndex {
   importIds(words: Uint32Array, base: number, shiftMs = 0, now = Date.now()): void {
     const n = words.length / 5;
     this.table.reserve(Math.min(this.maxIds, n));
-    const w = this.words;
     for (let i = 0; i < n; i++) {
       const expiryMs = base + words[i * 5 + 4]! * TICK_MS + shiftMs;
       if (expiryMs <= now) continue;
-      w.set(words.subarray(i * 5, i * 5 + 4));
+      const o = i * 5;
       this.makeRoom(now);
-      this.table.add(w, this.tick(expiryMs));
+      this.table.add(words[o]!, words[o + 1]!, words[o + 2]!, words[o + 3]!, this.tick(expiryMs));
     }
     this.prune(now);
   }
@@ -193,32 +191,6 @@ export class DedupIndex {
 
 /** Resolution of the expiries the index keeps. */
 const TICK_MS = 10;
-
-/** Hex digit values by character code, -1 for anything else. */
-const HEX = new Int8Array(128).fill(-1);
-for (let i = 0; i < 16; i++) HEX["0123456789abcdef".charCodeAt(i)] = HEX["0123456789ABCDEF".charCodeAt(i)] = i;
-
-/** A UUID's 128 bits as four 32-bit words; false for anything that is not 8-4-4-4-12 hex digits. One pass, no allocation. */
-export function parseUuid(id: string, out: Uint32Array): boolean {
-  if (id.length !== 36) return false;
-  let word = 0;
-  let digits = 0;
-  for (let i = 0; i < 36; i++) {
-    const c = id.charCodeAt(i);
-    if (i === 8 || i === 13 || i === 18 || i === 23) {
-      if (c !== 45 /* - */) return false;
-      continue;
-    }
-    const v = c < 128 ? HEX[c]! : -1;
-    if (v < 0) return false;
-    word = (word << 4) | v;
-    if ((++digits & 7) === 0) {
-      out[(digits >> 3) - 1] = word;
-      word = 0;
-    }
-  }
-  return true;
-}
 
 /** Entries per slot of the hash table at most; the table and the ring grow together past it. */
 const MAX_LOAD = 0.8;
@@ -278,9 +250,9 @@ class IdTable {
   }
 
   /** Expiry (seconds) of an id, or -1 when it is not held. */
-  expiryOf(w: Uint32Array): number {
+  expiryOf(a: number, b: number, c: number, d: number): number {
     if (this.size === 0) return -1;
-    const slot = this.find(w[0]!, w[1]!, w[2]!, w[3]!);
+    const slot = this.find(a, b, c, d);
     return slot < 0 ? -1 : this.expiries[this.slots[slot]! - 1]!;
   }
 
@@ -289,14 +261,18 @@ class IdTable {
   }
 
   /** Appends an id (or renews one held) at the back of the ring. */
-  add(w: Uint32Array, expiry: number): void {
+  add(a: number, b: number, c: number, d: number, expiry: number): void {
     if (this.entries === this.capacity) this.resize(Math.max(MIN_CAPACITY, Math.ceil(this.capacity * GROWTH)));
     let at = this.head + this.entries;
     if (at >= this.capacity) at -= this.capacity;
-    this.ids.set(w, at * 4);
+    const o = at * 4;
+    this.ids[o] = a;
+    this.ids[o + 1] = b;
+    this.ids[o + 2] = c;
+    this.ids[o + 3] = d;
     this.expiries[at] = expiry;
     this.entries++;
-    const slot = this.find(w[0]!, w[1]!, w[2]!, w[3]!);
+    const slot = this.find(a, b, c, d);
     if (slot >= 0) {
       this.slots[slot] = at + 1; // the older entry stays in the ring, superseded
       return;
@@ -369,10 +345,12 @@ class IdTable {
   private resize(capacity: number): void {
     const ids = new Uint32Array(capacity * 4);
     const expiries = new Uint32Array(capacity);
-    for (let k = 0, at = this.head; k < this.entries; k++, at = at + 1 === this.capacity ? 0 : at + 1) {
-      ids.set(this.ids.subarray(at * 4, at * 4 + 4), k * 4);
-      expiries[k] = this.expiries[at]!;
-    }
+    // The ring is at most two runs: head to the end of the arrays, then from their start.
+    const run = Math.min(this.entries, this.capacity - this.head);
+    ids.set(this.ids.subarray(this.head * 4, (this.head + run) * 4));
+    ids.set(this.ids.subarray(0, (this.entries - run) * 4), run * 4);
+    expiries.set(this.expiries.subarray(this.head, this.head + run));
+    expiries.set(this.expiries.subarray(0, this.entries - run), run);
     const live = this.liveFlags();
     this.ids = ids;
     this.expiries = expiries;

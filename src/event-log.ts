@@ -68,7 +68,7 @@ export interface LogHooks {
 
 interface Pending {
   /** Framed lines. */
-  data: string;
+  data: Buffer;
   bytes: number;
   records: number;
   resolve: () => void;
@@ -109,7 +109,7 @@ function scanLines(buf: Uint8Array): { records: Buffer[]; damaged: number; lastG
 }
 
 function encode(group: Pending[]): Buffer {
-  return Buffer.from(group.length === 1 ? group[0]!.data : group.map((p) => p.data).join(""));
+  return group.length === 1 ? group[0]!.data : Buffer.concat(group.map((p) => p.data));
 }
 
 function readWhole(path: string): Buffer {
@@ -238,7 +238,7 @@ export class EventLog {
    */
   append(records: string[]): Promise<void> {
     const data = frame(records);
-    const bytes = Buffer.byteLength(data);
+    const bytes = data.length;
     if (bytes > this.limits.maxBytes) return Promise.reject(new LargerThanStoreError("larger than PAYFLUX_STORAGE_MAX_BYTES"));
     if (this.wouldExceed(bytes)) {
       this.refusedBytes = bytes;

@@ -13,8 +13,8 @@ export const MAX_DEPTH = 32;
 
 /** What the scan learnt about one event object. */
 export interface EventFacts {
-  /** Known members that appear more than once, each named once. */
-  duplicates: string[];
+  /** Known members that appear more than once, each named once (shared empty array for none). */
+  duplicates: readonly string[];
   /** The literal text of `retry_count` when it is a number, else null. */
   retryCount: string | null;
 }
@@ -29,6 +29,9 @@ const OPEN_ARRAY = 0x5b;
 const CLOSE_ARRAY = 0x5d;
 const COMMA = 0x2c;
 const COLON = 0x3a;
+
+/** Almost every event has no repeated member: one frozen array for all of them, replaced on the first repeat. */
+const NO_DUPLICATES: readonly string[] = Object.freeze([]);
 
 const ascii = new TextEncoder();
 const decoder = new TextDecoder();
@@ -55,45 +58,48 @@ export function scanJson(
   let topIsArray = false;
   let inEvent = false;
   let expectKey = false;
-  let keyStart = -1;
-  let keyEscaped = false;
   let current: EventFacts | null = null;
   let seen = 0; // bit set of known members seen in the current event
   let retryValueStart = -1;
-  let inString = false;
 
   for (let i = start; i < end; i++) {
     const b = bytes[i]!;
-    if (inString) {
-      if (b === BACKSLASH) {
-        i++;
-        if (keyStart >= 0) keyEscaped = true;
-      } else if (b === QUOTE) {
-        inString = false;
-        if (keyStart >= 0) {
-          const bit = known.lookup(bytes, keyStart, i, keyEscaped);
-          if (bit !== 0 && current !== null) {
-            if ((seen & bit) !== 0) {
-              const name = known.nameOf(bit);
-              if (!current.duplicates.includes(name)) current.duplicates.push(name);
-            }
-            seen |= bit;
-            retryValueStart = bit === known.retryCountBit ? -2 : -1; // -2: the value follows the colon
-          } else retryValueStart = -1;
-          keyStart = -1;
+    if (b === QUOTE) {
+      const isKey = inEvent && expectKey && depth === eventDepth;
+      let j = i + 1;
+      // Most keys are known names as they are: matched in place, in one pass.
+      let k = isKey ? known.at(bytes, j, end) : -1;
+      if (k >= 0) j += known.lengthOf(k);
+      else {
+        // Most bytes are inside strings: skip to the closing quote in a tight loop.
+        let escaped = false;
+        for (; j < end; j++) {
+          const c = bytes[j]!;
+          if (c === QUOTE) break;
+          if (c === BACKSLASH) {
+            j++;
+            escaped = true;
+          }
+        }
+        if (isKey && escaped && j < end) k = known.escaped(bytes, i + 1, j);
+      }
+      if (isKey) {
+        expectKey = false;
+        retryValueStart = -1;
+        if (k >= 0 && current !== null) {
+          const bit = 1 << k;
+          if ((seen & bit) !== 0) {
+            const name = known.nameOf(k);
+            if (!current.duplicates.includes(name)) current.duplicates = [...current.duplicates, name];
+          }
+          seen |= bit;
+          if (k === known.retryCountIndex) retryValueStart = -2; // the value follows the colon
         }
       }
+      i = j;
       continue;
     }
     switch (b) {
-      case QUOTE:
-        inString = true;
-        if (inEvent && expectKey && depth === eventDepth) {
-          keyStart = i + 1;
-          keyEscaped = false;
-          expectKey = false;
-        }
-        break;
       case OPEN_OBJECT:
       case OPEN_ARRAY:
         if (++depth > MAX_DEPTH) return "too_deep";
@@ -101,7 +107,7 @@ export function scanJson(
         if (depth === eventDepth && b === OPEN_OBJECT && (eventDepth === 1 || topIsArray)) {
           const index = firstIndex + (eventDepth === 1 ? 0 : element);
           if (index - firstIndex >= maxEvents) return "too_many";
-          current = facts[index] = { duplicates: [], retryCount: null };
+          current = facts[index] = { duplicates: NO_DUPLICATES, retryCount: null };
           inEvent = true;
           expectKey = true;
           seen = 0;
@@ -144,7 +150,18 @@ function endMember(bytes: Uint8Array, valueStart: number, valueEnd: number, curr
   while (z > a && isSpace(bytes[z - 1]!)) z--;
   const first = bytes[a];
   if (first === undefined || !(first === 0x2d || (first >= 0x30 && first <= 0x39))) return;
-  current.retryCount = decoder.decode(bytes.subarray(a, z));
+  current.retryCount = z - a <= 16 ? shortAscii(bytes, a, z) ?? decoder.decode(bytes.subarray(a, z)) : decoder.decode(bytes.subarray(a, z));
+}
+
+/** bytes[a, z) as a string when all are ASCII (the usual `0`), else null: cheaper than a TextDecoder call. */
+function shortAscii(bytes: Uint8Array, a: number, z: number): string | null {
+  let s = "";
+  for (let k = a; k < z; k++) {
+    const c = bytes[k]!;
+    if (c >= 0x80) return null;
+    s += String.fromCharCode(c);
+  }
+  return s;
 }
 
 function isSpace(b: number): boolean {
@@ -155,46 +172,58 @@ function isSpace(b: number): boolean {
 export class KnownMembers {
   private readonly names: string[];
   private readonly encoded: Uint8Array[];
+  /** Index of a name by its first byte, -1 for none; `nextByFirstByte` chains names that share it. */
+  private readonly byFirstByte = new Int8Array(256).fill(-1);
+  private readonly nextByFirstByte = new Int8Array(32).fill(-1);
   private readonly byName = new Map<string, number>();
-  readonly retryCountBit: number;
+  readonly retryCountIndex: number;
 
   constructor(names: readonly string[]) {
     if (names.length > 30) throw new Error("at most 30 known members");
     this.names = [...names];
     this.encoded = this.names.map((n) => ascii.encode(n));
-    this.names.forEach((n, i) => this.byName.set(n, 1 << i));
-    this.retryCountBit = this.byName.get("retry_count") ?? 0;
+    this.names.forEach((n, i) => this.byName.set(n, i));
+    this.encoded.forEach((e, i) => {
+      if (e.length === 0 || e.includes(QUOTE) || e.includes(BACKSLASH)) throw new Error("known member names are non-empty and need no escaping");
+      this.nextByFirstByte[i] = this.byFirstByte[e[0]!]!;
+      this.byFirstByte[e[0]!] = i;
+    });
+    this.retryCountIndex = this.byName.get("retry_count") ?? -1;
   }
 
-  /** The bit of the member named by bytes[a, z) (JSON string content), or 0. */
-  lookup(bytes: Uint8Array, a: number, z: number, escaped: boolean): number {
-    if (escaped) {
-      // `"event\u005fid"` is `event_id` to JSON.parse: decode the (short) key to compare.
-      if (z - a > 256) return 0;
-      try {
-        const name = JSON.parse(`"${decoder.decode(bytes.subarray(a, z))}"`) as string;
-        return this.byName.get(name) ?? 0;
-      } catch {
-        return 0;
-      }
-    }
-    const len = z - a;
-    for (let k = 0; k < this.encoded.length; k++) {
+  /**
+   * The index of the known name written as it is at bytes[a] and closed by a
+   * quote right after it, or -1: any other key is unknown unless it has escapes.
+   */
+  at(bytes: Uint8Array, a: number, end: number): number {
+    if (a >= end) return -1;
+    for (let k = this.byFirstByte[bytes[a]!]!; k >= 0; k = this.nextByFirstByte[k]!) {
       const e = this.encoded[k]!;
-      if (e.length !== len) continue;
-      let same = true;
-      for (let j = 0; j < len; j++) {
-        if (bytes[a + j] !== e[j]) {
-          same = false;
-          break;
-        }
-      }
-      if (same) return 1 << k;
+      const z = a + e.length;
+      if (z >= end || bytes[z] !== QUOTE) continue;
+      let j = 1;
+      while (j < e.length && bytes[a + j] === e[j]) j++;
+      if (j === e.length) return k;
     }
-    return 0;
+    return -1;
   }
 
-  nameOf(bit: number): string {
-    return this.names[31 - Math.clz32(bit)]!;
+  lengthOf(k: number): number {
+    return this.encoded[k]!.length;
+  }
+
+  /** The index of the known name that the escaped key bytes[a, z) (JSON string content) spells, or -1: `"event\u005fid"` is `event_id` to JSON.parse. */
+  escaped(bytes: Uint8Array, a: number, z: number): number {
+    if (z - a > 256) return -1;
+    try {
+      const name = JSON.parse(`"${decoder.decode(bytes.subarray(a, z))}"`) as string;
+      return this.byName.get(name) ?? -1;
+    } catch {
+      return -1;
+    }
+  }
+
+  nameOf(k: number): string {
+    return this.names[k]!;
   }
 }

@@ -17,25 +17,75 @@ const CRC_SUFFIX_BYTES = 18;
 /** Fields the service writes into every stored record; a client's own values of these names are replaced. */
 const RESERVED = ["received_at", "key_id", "crc"] as const;
 
-/** The stored form of an event: as sent, then `received_at` and `key_id` last (readers rely on that order). */
+/**
+ * The stored form of an event: as sent, then `received_at` and `key_id` last
+ * (readers rely on that order). The two members are added to `event` itself
+ * (the request's own parse result, read for nothing else afterwards) when it
+ * has none of the reserved names: JSON.stringify then yields the record in one
+ * flat string, which frames faster than a concatenation, and puts them exactly
+ * where the concatenation did (after every member, integer-like names first
+ * as before). A second call gives the same record (the slow path below).
+ */
 export function toRecord(event: PaymentEvent, receivedAt: string, keyId: string): string {
-  let e: Record<string, unknown> = event;
-  if (RESERVED.some((f) => f in e)) {
-    e = { ...e };
-    for (const f of RESERVED) delete e[f];
+  const e: Record<string, unknown> = event;
+  if (!("received_at" in e || "key_id" in e || "crc" in e)) {
+    e.received_at = receivedAt;
+    e.key_id = keyId;
+    return JSON.stringify(e);
   }
-  const json = JSON.stringify(e);
+  const copy: Record<string, unknown> = { ...e };
+  for (const f of RESERVED) delete copy[f];
+  const json = JSON.stringify(copy);
   return `${json.slice(0, -1)},"received_at":"${receivedAt}","key_id":"${keyId}"}`;
 }
 
-/** Frames records (JSON object texts) as log lines. zlib's crc32 is native on Bun, Deno and Node. */
-export function frame(records: string[]): string {
-  let out = "";
+const CRC_MEMBER = Buffer.from(',"crc":"');
+const HEX_DIGITS = Buffer.from("0123456789abcdef");
+
+/**
+ * Frames records (JSON object texts, so each ends with `}`) as log lines, in
+ * one buffer ready to write: each record is encoded into it once, and its CRC
+ * is zlib's (native on Bun, Deno and Node) of the whole record with the
+ * closing brace's step undone.
+ */
+export function frame(records: string[]): Buffer {
+  let size = 0;
+  for (const record of records) size += Buffer.byteLength(record) + CRC_SUFFIX_BYTES; // the `}` becomes the `\n`
+  const out = Buffer.allocUnsafe(size);
+  let o = 0;
   for (const record of records) {
-    const body = record.slice(0, -1); // without the closing brace
-    out += `${body},"crc":"${crc32(body).toString(16).padStart(8, "0")}"}\n`;
+    const body = out.write(record, o) - 1; // without the closing brace
+    const crc = crcWithoutLast(crc32(record), 0x7d);
+    o += body;
+    out.set(CRC_MEMBER, o);
+    o += CRC_MEMBER.length;
+    for (let shift = 28; shift >= 0; shift -= 4) out[o++] = HEX_DIGITS[(crc >>> shift) & 15]!;
+    out[o++] = 0x22; // "
+    out[o++] = 0x7d; // }
+    out[o++] = 0x0a; // \n
   }
   return out;
+}
+
+/** The CRC-32 table (reflected 0xedb88320), and its entries by their top byte (all 256 top bytes differ). */
+const CRC_TABLE = new Int32Array(256);
+const BY_TOP_BYTE = new Uint8Array(256);
+for (let n = 0; n < 256; n++) {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  CRC_TABLE[n] = c;
+  BY_TOP_BYTE[c >>> 24] = n;
+}
+
+/**
+ * The CRC-32 of some bytes without their last byte, given the CRC-32 of all
+ * of them: the CRC's last step run backwards. Lets frame hash the record
+ * string natively without cutting its brace off (a copy) first.
+ */
+export function crcWithoutLast(crc: number, last: number): number {
+  const r = ~crc; // the register after the last step
+  const x = BY_TOP_BYTE[r >>> 24]!; // the table index that step used
+  return ~(((r ^ CRC_TABLE[x]!) << 8) | (x ^ last)) >>> 0;
 }
 
 /** The record of one line (without its newline), with the crc member removed; null if the line is damaged. */

@@ -5,7 +5,8 @@
  * false "seen" drops an event, a false "unseen" stores a duplicate.
  */
 import { describe, expect, test } from "bun:test";
-import { DedupIndex, parseUuid } from "../src/dedup.ts";
+import { DedupIndex } from "../src/dedup.ts";
+import { parseUuid } from "../src/events.ts";
 import { storedId } from "../src/record.ts";
 
 /** Deterministic PRNG (mulberry32), so a failure can be replayed. */
