@@ -3,7 +3,7 @@ import type { Gateway } from "./gateway.ts";
 import { requestBody } from "./body.ts";
 import { fromRequest, toResponse, type Incoming, type Reply } from "./exchange.ts";
 import { handleIngest } from "./ingest.ts";
-import { methodLabel, routeLabel } from "./metrics.ts";
+import { histogramSeries, methodLabel, routeLabel, series } from "./metrics.ts";
 import { handleHealth, handleMetrics } from "./ops-routes.ts";
 import { ALLOW, INGEST_ROUTES } from "./routes.ts";
 import { problem } from "./problem.ts";
@@ -35,26 +35,29 @@ export function createHandlers(gw: Gateway): Handlers {
   }
 
   const { metrics } = gw;
-  // Labelled children are cached: prom-client hashes the label object on every call otherwise.
-  const counters = new Map<string, { inc(): void }>();
-  const timers = new Map<string, { observe(v: number): void }>();
+  const inFlight = metrics.hot.inFlight;
+  // One handle per series, found once (prom-client hashes the label object on every call otherwise).
+  const counters = new Map<string, (n: number) => void>();
+  const timers = new Map<string, (v: number) => void>();
   const record = (method: string, path: string, status: number, started: number) => {
-    metrics.inFlight.dec();
+    inFlight(-1);
     const key = `${methodLabel(method)} ${routeLabel(path)}`;
     let timer = timers.get(key);
-    if (timer === undefined) timers.set(key, (timer = metrics.httpDuration.labels(methodLabel(method), routeLabel(path))));
-    timer.observe((performance.now() - started) / 1000);
+    if (timer === undefined) timers.set(key, (timer = histogramSeries(metrics.httpDuration, { method: methodLabel(method), route: routeLabel(path) })));
+    timer((performance.now() - started) / 1000);
     const statusKey = `${key} ${status}`;
     let counter = counters.get(statusKey);
-    if (counter === undefined) counters.set(statusKey, (counter = metrics.httpRequests.labels(methodLabel(method), routeLabel(path), String(status))));
-    counter.inc();
+    if (counter === undefined) {
+      counters.set(statusKey, (counter = series(metrics.httpRequests, { method: methodLabel(method), route: routeLabel(path), status: String(status) })));
+    }
+    counter(1);
   };
 
   const direct = new Map<string, DirectHandler>();
   for (const route of INGEST_ROUTES) {
     direct.set(route, async (request) => {
       const started = performance.now();
-      metrics.inFlight.inc();
+      inFlight(1);
       let status = 500;
       try {
         const r = await handleIngest(gw, request, route);
@@ -70,7 +73,7 @@ export function createHandlers(gw: Gateway): Handlers {
     direct: (method, path) => (method === "POST" ? (direct.get(path) ?? null) : null),
     fetch: async (request) => {
       const started = performance.now();
-      metrics.inFlight.inc();
+      inFlight(1);
       let status = 500;
       try {
         const response = await app.fetch(routable(request));

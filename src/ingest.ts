@@ -66,13 +66,13 @@ export async function handleIngest(gw: Gateway, request: Incoming, route: Ingest
     response.headers.ratelimit = rateHeaders.ratelimit;
     return response;
   } finally {
-    gw.metrics.ingestDuration.observe((performance.now() - started) / 1000);
+    gw.metrics.hot.ingestDuration((performance.now() - started) / 1000);
   }
 }
 
 function deny(gw: Gateway, config: Config, request: Incoming, route: IngestRoute, auth: Extract<AuthResult, { ok: false }>): Reply {
   const reason = auth.reason;
-  gw.metrics.authDenied.inc({ reason });
+  gw.metrics.hot.authDenied(reason);
   if (auth.entry !== null && config.metricsPerClient) countClientRequest(gw.metrics, auth.entry.metricLabel, "revoked_key");
   gw.throttle.warn(
     `auth_${reason}`,
@@ -86,9 +86,16 @@ function deny(gw: Gateway, config: Config, request: Incoming, route: IngestRoute
     }),
     "auth denied",
   );
-  const challenge = reason === "missing_key" ? 'Bearer realm="payflux"' : 'Bearer realm="payflux", error="invalid_token"';
-  return problem(401, reason, DENIAL_DETAIL[reason], {}, { "www-authenticate": challenge });
+  return DENIALS[reason];
 }
+
+/** The three denials, made once: saying no should cost nothing it need not. */
+const DENIALS = Object.fromEntries(
+  (Object.keys(DENIAL_DETAIL) as DenialReason[]).map((reason) => {
+    const challenge = reason === "missing_key" ? 'Bearer realm="payflux"' : 'Bearer realm="payflux", error="invalid_token"';
+    return [reason, problem(401, reason, DENIAL_DETAIL[reason], {}, { "www-authenticate": challenge })];
+  }),
+) as Record<DenialReason, Reply>;
 
 function reject(
   gw: Gateway,
@@ -243,7 +250,7 @@ function isBlank(bytes: Uint8Array, from: number, end: number): boolean {
 /** Drops duplicates, appends the rest to the event log, and answers 202 once they are durable. */
 async function store(gw: Gateway, events: PaymentEvent[], keyId: string, client: string | null): Promise<Reply> {
   // Serialised before any id is claimed: an event that cannot be (nested too deeply) changes nothing.
-  const receivedAt = new Date().toISOString();
+  const receivedAt = receivedNow();
   let records: string[];
   try {
     records = events.map((e) => toRecord(e, receivedAt, keyId));
@@ -256,8 +263,8 @@ async function store(gw: Gateway, events: PaymentEvent[], keyId: string, client:
     const owned = records.filter((_, i) => claim.owned[i]);
     if (owned.length > 0) await gw.log.append(owned);
     gw.dedup.commit(ids, claim);
-    gw.metrics.accepted.inc(owned.length);
-    gw.metrics.duplicates.inc(claim.duplicates);
+    gw.metrics.hot.accepted(owned.length);
+    gw.metrics.hot.duplicates(claim.duplicates);
     gw.logger.debug({ key_id: keyId, client: client ?? undefined, accepted: owned.length, duplicates: claim.duplicates }, "events accepted");
     return json(202, { accepted: owned.length, duplicates: claim.duplicates });
   } catch (err) {
@@ -265,6 +272,18 @@ async function store(gw: Gateway, events: PaymentEvent[], keyId: string, client:
     gw.dedup.release(ids, claim);
     return storageFailure(gw, err);
   }
+}
+
+let receivedMs = -1;
+let receivedText = "";
+/** The time of receipt as stored (ISO 8601, ms), formatted once per millisecond. */
+function receivedNow(): string {
+  const now = Date.now();
+  if (now !== receivedMs) {
+    receivedMs = now;
+    receivedText = new Date(now).toISOString();
+  }
+  return receivedText;
 }
 
 function storageFailure(gw: Gateway, err: unknown): Reply {

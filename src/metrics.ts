@@ -288,7 +288,80 @@ export function createMetrics() {
   m.lastReloadSuccessful.set(1);
   m.lastReloadSuccessTime.set(Date.now() / 1000);
   m.buildInfo.set({ version: VERSION, runtime: RUNTIME }, 1);
-  return m;
+  return { ...m, hot: hotSeries(m) };
+}
+
+/** The series every ingest request touches, as direct handles (see `series`). */
+function hotSeries(m: { inFlight: Gauge<string>; accepted: Counter<string>; duplicates: Counter<string>; ingestDuration: Histogram<string>; authDenied: Counter<string> }) {
+  const denied = new Map(DENIAL_REASONS.map((reason) => [reason, series(m.authDenied, { reason })]));
+  return {
+    inFlight: series(m.inFlight),
+    accepted: series(m.accepted),
+    duplicates: series(m.duplicates),
+    ingestDuration: histogramSeries(m.ingestDuration),
+    authDenied: (reason: (typeof DENIAL_REASONS)[number]) => denied.get(reason)!(1),
+  };
+}
+
+/**
+ * prom-client keeps each series in `hashMap` (prom-client 15: `{ value,
+ * labels }` for counters and gauges, `{ bucketValues, sum, count, labels }`
+ * for histograms) and exports from it. Its inc() and observe() validate and
+ * hash the label object on every call, which on the ingest path cost more
+ * than validating the event: these handles find their series once and add to
+ * it directly. Any change of that structure fails test/metrics.test.ts.
+ */
+interface HashMapped {
+  hashMap: Record<string, { labels: Record<string, string | number>; value: number; bucketValues: Record<number, number>; sum: number; count: number }>;
+  upperBounds?: number[];
+}
+
+function keyOf(metric: HashMapped, labels: Record<string, string>): string {
+  const names = Object.keys(labels);
+  for (const key in metric.hashMap) {
+    const l = metric.hashMap[key]!.labels;
+    if (Object.keys(l).length === names.length && names.every((n) => l[n] === labels[n])) return key;
+  }
+  throw new Error("prom-client's series layout changed (see HashMapped in src/metrics.ts)");
+}
+
+/** Adds to one series of a counter or gauge: `add(n)`. */
+export function series(metric: Counter<string> | Gauge<string>, labels: Record<string, string> = {}): (n: number) => void {
+  const m = metric as unknown as HashMapped;
+  const create = () => (metric as Counter<string>).inc(labels, 0);
+  create();
+  const key = keyOf(m, labels);
+  return (n) => {
+    let entry = m.hashMap[key];
+    if (entry === undefined) {
+      create(); // reset() since
+      entry = m.hashMap[key]!;
+    }
+    entry.value += n;
+  };
+}
+
+/** Observes into one series of a histogram. */
+export function histogramSeries(metric: Histogram<string>, labels: Record<string, string> = {}): (value: number) => void {
+  const m = metric as unknown as HashMapped;
+  metric.zero(labels);
+  const key = keyOf(m, labels);
+  const bounds = m.upperBounds!;
+  return (value) => {
+    let entry = m.hashMap[key];
+    if (entry === undefined) {
+      metric.zero(labels);
+      entry = m.hashMap[key]!;
+    }
+    for (const b of bounds) {
+      if (value <= b) {
+        entry.bucketValues[b]!++;
+        break;
+      }
+    }
+    entry.sum += value;
+    entry.count++;
+  };
 }
 
 const KEY_STATES = ["active", "revoked", "expired"] as const;
