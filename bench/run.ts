@@ -12,7 +12,7 @@
  *   bun bench/run.ts [--smoke] [--seconds N] [--rounds N] [--no-build] [--only NAME[,NAME]]
  */
 import { spawn, spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, fdatasync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, write, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { gzipSync } from "node:zlib";
@@ -373,6 +373,27 @@ async function main() {
     console.error(`  reload of ${n} keys, file just written (500 ms quiet wait included): ${fresh.ms.toFixed(0)} ms, worst wait ${fresh.worst.toFixed(1)} ms`);
     console.error(`  reload of ${n} keys, file already quiet: ${quiet.ms.toFixed(0)} ms, worst wait ${quiet.worst.toFixed(1)} ms`);
     await s.stop();
+  }
+
+  // The disk's own figure for the 1-connection target (p50 at most 2x the baseline's + one fdatasync):
+  // one ~500-byte record appended and fdatasync'd, one at a time, on the data dirs' file system.
+  {
+    const fd = openSync(join(tempDir(), "fdatasync-probe"), "a");
+    const record = Buffer.from(`${JSON.stringify({ ...SAMPLE_EVENT, event_id: crypto.randomUUID() })}\n`);
+    const times: number[] = [];
+    for (let i = 0; i < (SMOKE ? 50 : 1000); i++) {
+      const t = performance.now();
+      await new Promise<void>((res, rej) => write(fd, record, (e) => (e ? rej(e) : fdatasync(fd, (e2) => (e2 ? rej(e2) : res())))));
+      times.push(performance.now() - t);
+    }
+    closeSync(fd);
+    times.sort((a, b) => a - b);
+    const single = rows.find((r) => r.scenario === "single c=1");
+    extra.fdatasync = {
+      append_and_sync_p50_ms: median(times),
+      append_and_sync_p99_ms: times[Math.floor(times.length * 0.99)]!,
+      ...(single?.baseline ? { c1_p50_target_ms: 2 * single.baseline.p50Ms + median(times), c1_p50_ms: single.payflux.p50Ms } : {}),
+    };
   }
 
   // Bytes per remembered id, measured on the index itself.
