@@ -12,16 +12,8 @@ import { KnownMembers, scanJson, type EventFacts } from "../src/json-scan.ts";
 import { crc32 } from "node:zlib";
 import { crcWithoutLast, frame, toRecord, unframe } from "../src/record.ts";
 import { frameRef, isRfc3339Ref, KnownMembersRef, scanJsonRef, toRecordRef, validateEventRef } from "./support/batch-reference.ts";
+import { rng } from "./support/rng.ts";
 
-/** Deterministic PRNG (mulberry32). */
-function rng(seed: number) {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 type R = () => number;
 const int = (r: R, n: number) => Math.floor(r() * n);
 const pick = <T>(r: R, xs: readonly T[]): T => xs[int(r, xs.length)]!;

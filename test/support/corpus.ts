@@ -5,6 +5,7 @@
  * a 5xx or anything but the expected 4xx fails the corpus test.
  */
 import { KEY } from "./harness.ts";
+import { rng } from "./rng.ts";
 
 /** Settings the corpus server runs with (the expectations depend on them). */
 export const CORPUS_LIMITS = { maxBodyBytes: 4096, maxBatch: 10 };
@@ -26,17 +27,8 @@ const SINGLE = "/v1/events/payment_exhaust";
 const BATCH = "/v1/events/batch";
 const ROUTES = [SINGLE, BATCH, "/health", "/metrics"];
 
-/** mulberry32: small, fast, good enough to pick cases. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Picks the cases (the shared mulberry32). */
+export const prng = rng;
 
 /**
  * `strictParser`: the runtime's HTTP parser refuses HTTP/0.9, bare-LF line
