@@ -302,6 +302,10 @@ export class LaneConnection {
     if (watch !== undefined) for (const c of this.chunks) if (!watch(c)) return Promise.resolve(this.abandon("stopped"));
     if (this.need === 0) return Promise.resolve({ ok: true, bytes: this.whole() });
     if (this.closed) return Promise.resolve({ ok: false, reason: "incomplete" });
+    if (this.paused) {
+      this.paused = false;
+      this.socket.resume();
+    }
     return new Promise((resolve) => (this.reader = { limit, watch, resolve }));
   }
 
@@ -311,7 +315,12 @@ export class LaneConnection {
     this.got += part.length;
     const reader = this.reader;
     if (reader === null) {
+      // Not asked for yet: hold a little, then let TCP hold the rest until the handler reads it.
       this.chunks.push(part);
+      if (this.got > MAX_PENDING && !this.paused) {
+        this.paused = true;
+        this.socket.pause();
+      }
       return;
     }
     if (this.got > reader.limit) return this.finishBody(this.abandon("too_large"));

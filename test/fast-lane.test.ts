@@ -98,7 +98,8 @@ function laneServer(opts: Partial<LaneOptions> = {}) {
         ? null
         : async (req: Incoming) => {
             if (req.header("authorization") !== "Bearer k") return { status: 401, headers: { "content-type": "text/plain" }, body: "no" };
-            const body = await req.body(1024);
+            if (req.header("x-wait") !== null) await Bun.sleep(Number(req.header("x-wait")));
+            const body = await req.body(Number(req.header("x-limit") ?? 1024));
             if (!body.ok) return { status: 413, headers: { "content-type": "text/plain" }, body: body.reason };
             seen.push({ body: Buffer.from(body.bytes).toString(), auth: req.header("authorization") });
             await Bun.sleep(5); // answered later than the next request arrives
@@ -178,6 +179,15 @@ describe("a connection in the lane", () => {
     expect(statuses(closed.text)).toEqual(["401 no"]);
     expect(closed.text).toContain("connection: close");
     expect(closed.closed).toBe(true);
+  });
+
+  test("a large body the handler reads late arrives whole (reading pauses meanwhile), and the connection goes on", async () => {
+    const { port, seen } = await laneServer();
+    const big = "[" + "7,".repeat(150_000) + "7]";
+    const late = `POST ${ROUTE} HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer k\r\nX-Wait: 150\r\nX-Limit: 1000000\r\nContent-Length: ${big.length}\r\n\r\n${big}`;
+    const r = await exchange(port, [late + req("[1]")], 1500);
+    expect(statuses(r.text)).toEqual([`202 got ${big.length}`, "202 got 3"]);
+    expect(seen[0]!.body).toBe(big);
   });
 
   test("a body over the handler's limit is answered and the connection closed, the rest never read", async () => {
