@@ -1,8 +1,8 @@
 /**
  * CPU per ingest request in the handler alone: the gateway wired as
  * src/server.ts does, the direct handler called in-process with a request in
- * the fast lane's form, no network. The log's fdatasync is a no-op callback
- * here (the write still happens), so what is measured is CPU, not the disk.
+ * the fast lane's form, no network. The log's durable write is a no-op
+ * callback here, so what is measured is CPU, not the disk.
  * For finding where a request's CPU goes; `npm run bench` measures the server.
  *
  *   bun bench/handler-micro.ts [requests] [single|wrong|batch]
@@ -31,7 +31,7 @@ if (!loaded.ok) throw new Error(loaded.errors.join("; "));
 const config = loaded.config;
 const metrics = createMetrics();
 const logger = createLogger("warn");
-const log = EventLog.open(dir, logLimits(config), { onFlush: (s) => metrics.flushDuration.observe(s), fdatasync: (_fd, cb) => setImmediate(() => cb(null)) });
+const log = EventLog.open(dir, logLimits(config), { onFlush: (s) => metrics.flushDuration.observe(s), write: (_fd, _data, _offset, length, cb) => setImmediate(() => cb(null, length)) });
 const gw: Gateway = {
   config,
   limiter: new RateLimiter(config.ingestRps, config.ingestBurst),

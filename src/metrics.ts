@@ -83,7 +83,7 @@ export function createMetrics() {
     }),
     flushDuration: new Histogram({
       name: "payflux_storage_flush_duration_seconds",
-      help: "Time of one group commit: write plus fdatasync",
+      help: "Time of one group commit: its durable (O_DSYNC) write",
       buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
       registers: [registry],
     }),

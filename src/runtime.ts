@@ -61,7 +61,7 @@ export async function startHttpServer(host: string, port: number, handlers: Hand
  * lane and node:http behind it, not Bun.serve or Deno.serve:
  * - Bun.serve (uWS) closes the connection, answering nothing, when a
  *   pipelined request arrives while the response before it is still pending;
- *   ours always is (it waits for fdatasync). node:http and the lane queue it
+ *   ours always is (it waits for the disk). node:http and the lane queue it
  *   (oven-sh/bun#32868, #38128 describe the Bun.serve side).
  * - Bun.serve has no per-connection hook, so it cannot cap connections per
  *   client address; node:net has the 'connection' event.
