@@ -36,53 +36,50 @@ export function createHandlers(gw: Gateway): Handlers {
 
   const { metrics } = gw;
   const inFlight = metrics.hot.inFlight;
-  // One handle per series, found once (prom-client hashes the label object on every call otherwise).
-  const counters = new Map<string, (n: number) => void>();
-  const timers = new Map<string, (v: number) => void>();
-  const record = (method: string, path: string, status: number, started: number) => {
-    inFlight(-1);
-    const key = `${methodLabel(method)} ${routeLabel(path)}`;
-    let timer = timers.get(key);
-    if (timer === undefined) timers.set(key, (timer = histogramSeries(metrics.httpDuration, { method: methodLabel(method), route: routeLabel(path) })));
-    timer((performance.now() - started) / 1000);
-    const statusKey = `${key} ${status}`;
-    let counter = counters.get(statusKey);
-    if (counter === undefined) {
-      counters.set(statusKey, (counter = series(metrics.httpRequests, { method: methodLabel(method), route: routeLabel(path), status: String(status) })));
+  // The RED series of each method and route, found once (prom-client hashes the label object on every call otherwise).
+  interface Red {
+    method: string;
+    route: string;
+    duration: (seconds: number) => void;
+    byStatus: Map<number, (n: number) => void>;
+  }
+  const reds = new Map<string, Red>();
+  const redOf = (method: string, path: string): Red => {
+    const m = methodLabel(method);
+    const route = routeLabel(path);
+    const key = `${m} ${route}`;
+    let red = reds.get(key);
+    if (red === undefined) reds.set(key, (red = { method: m, route, duration: histogramSeries(metrics.httpDuration, { method: m, route }), byStatus: new Map() }));
+    return red;
+  };
+  /** Runs a request, counting it in flight, then its duration and status. */
+  const measured = async <T extends { status: number }>(red: () => Red, handle: () => T | Promise<T>): Promise<T> => {
+    const started = performance.now();
+    inFlight(1);
+    let status = 500;
+    try {
+      const answer = await handle();
+      status = answer.status;
+      return answer;
+    } finally {
+      inFlight(-1);
+      const r = red();
+      r.duration((performance.now() - started) / 1000);
+      let count = r.byStatus.get(status);
+      if (count === undefined) r.byStatus.set(status, (count = series(metrics.httpRequests, { method: r.method, route: r.route, status: String(status) })));
+      count(1);
     }
-    counter(1);
   };
 
   const direct = new Map<string, DirectHandler>();
   for (const route of INGEST_ROUTES) {
-    direct.set(route, async (request) => {
-      const started = performance.now();
-      inFlight(1);
-      let status = 500;
-      try {
-        const r = await handleIngest(gw, request, route);
-        status = r.status;
-        return r;
-      } finally {
-        record("POST", route, status, started);
-      }
-    });
+    const red = redOf("POST", route);
+    direct.set(route, (request) => measured(() => red, () => handleIngest(gw, request, route)));
   }
 
   return {
     direct: (method, path) => (method === "POST" ? (direct.get(path) ?? null) : null),
-    fetch: async (request) => {
-      const started = performance.now();
-      inFlight(1);
-      let status = 500;
-      try {
-        const response = await app.fetch(routable(request));
-        status = response.status;
-        return response;
-      } finally {
-        record(request.method, pathOf(request.url), status, started);
-      }
-    },
+    fetch: (request) => measured(() => redOf(request.method, pathOf(request.url)), () => app.fetch(routable(request))),
   };
 }
 

@@ -25,6 +25,19 @@ export interface Reply {
   body: string;
 }
 
+/**
+ * A field's value from name/value pairs (`[name, value, name, value, ...]`, any
+ * case), as `Headers.get` gives it: every field of that name, joined with ", ".
+ */
+export function fieldValue(fields: readonly string[], name: string): string | null {
+  let value: string | null = null;
+  for (let i = 0; i + 1 < fields.length; i += 2) {
+    const n = fields[i]!;
+    if (n.length === name.length && n.toLowerCase() === name) value = value === null ? fields[i + 1]! : `${value}, ${fields[i + 1]}`;
+  }
+  return value;
+}
+
 export function reply(status: number, body: string, contentType: string, headers: Record<string, string> = {}): Reply {
   return { status, headers: { "content-type": contentType, ...headers }, body };
 }

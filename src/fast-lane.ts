@@ -1,7 +1,7 @@
 import { STATUS_CODES } from "node:http";
 import type { Socket } from "node:net";
 import type { BodyResult } from "./body.ts";
-import type { Incoming, Reply } from "./exchange.ts";
+import { fieldValue, type Incoming, type Reply } from "./exchange.ts";
 import { problemBody } from "./problem.ts";
 
 /**
@@ -260,11 +260,7 @@ export class LaneConnection {
     try {
       reply = await handler({
         method: "POST",
-        header(name) {
-          let value: string | null = null;
-          for (let i = 0; i < fields.length; i += 2) if (fields[i] === name) value = value === null ? fields[i + 1]! : `${value}, ${fields[i + 1]}`;
-          return value;
-        },
+        header: (name) => fieldValue(fields, name),
         body: (limit, watch) => this.readBody(limit, watch),
         peer: this.peer,
       });

@@ -2,7 +2,7 @@ import { createServer, type IncomingMessage, type RequestListener, type Server, 
 import { createServer as createHttpsServer } from "node:https";
 import { createServer as createNetServer, type Server as NetServer, type Socket } from "node:net";
 import type { BodyResult } from "./body.ts";
-import type { Incoming, Reply } from "./exchange.ts";
+import { fieldValue, type Incoming, type Reply } from "./exchange.ts";
 import { LaneConnection, unparsableResponse, type LaneOptions } from "./fast-lane.ts";
 import type { Duplex } from "node:stream";
 import { createServer as createTlsServer, type Server as TlsServer } from "node:tls";
@@ -172,15 +172,8 @@ function incomingOf(req: IncomingMessage): Incoming {
   const peer = req.socket.remoteAddress;
   return {
     method: req.method ?? "",
-    // As Headers.get: every field of that name, joined (node's req.headers keeps only the first Authorization).
-    header(name) {
-      let value: string | null = null;
-      for (let i = 0; i + 1 < raw.length; i += 2) {
-        const n = raw[i]!;
-        if (n.length === name.length && n.toLowerCase() === name) value = value === null ? raw[i + 1]! : `${value}, ${raw[i + 1]}`;
-      }
-      return value;
-    },
+    // From the raw fields: node's req.headers keeps only the first Authorization.
+    header: (name) => fieldValue(raw, name),
     body: (limit, watch) => readNodeBody(req, limit, watch),
     peer: peer === undefined ? null : peer.startsWith("::ffff:") ? peer.slice(7) : peer,
   };
