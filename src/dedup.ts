@@ -82,12 +82,16 @@ export class DedupIndex {
    * duplicate (repeats within `ids` included). Ids another request is writing
    * are waited for. All or nothing: a request takes its ids only when none of
    * them is held by another, so a waiting request holds nothing and two
-   * requests can never wait on each other.
+   * requests can never wait on each other. `parsed` holds the ids' words
+   * when the caller has them already (parseUuid's form, four per id).
    */
-  async claim(ids: string[], now = Date.now()): Promise<Claim> {
+  async claim(ids: string[], now = Date.now(), parsed?: Uint32Array): Promise<Claim> {
     const n = ids.length;
-    const words = new Uint32Array(n * 4);
-    for (let i = 0; i < n; i++) if (!parseUuid(ids[i]!, words, i * 4)) throw new TypeError("dedup ids are validated UUIDs");
+    let words = parsed;
+    if (words === undefined) {
+      words = new Uint32Array(n * 4);
+      for (let i = 0; i < n; i++) if (!parseUuid(ids[i]!, words, i * 4)) throw new TypeError("dedup ids are validated UUIDs");
+    }
     // Indexes of the ids not seen yet; repeats within `ids` are dropped at the end.
     let unseen: number[] = [];
     for (let i = 0; i < n; i++) if (!this.isSeen(words, i, now)) unseen.push(i);

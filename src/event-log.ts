@@ -241,7 +241,11 @@ export class EventLog {
    * when they would take the log past PAYFLUX_STORAGE_MAX_BYTES.
    */
   append(records: string[]): Promise<void> {
-    const data = frame(records);
+    return this.appendFramed(frame(records), records.length);
+  }
+
+  /** The same for records already framed as log lines (src/record.ts): `count` of them in `data`. */
+  appendFramed(data: Buffer, count: number): Promise<void> {
     const bytes = data.length;
     if (bytes > this.limits.maxBytes) return Promise.reject(new LargerThanStoreError("larger than PAYFLUX_STORAGE_MAX_BYTES"));
     if (this.wouldExceed(bytes)) {
@@ -250,7 +254,7 @@ export class EventLog {
     }
     this.refusedBytes = 0;
     return new Promise<void>((resolve, reject) => {
-      this.queue.push({ data, bytes, records: records.length, resolve, reject });
+      this.queue.push({ data, bytes, records: count, resolve, reject });
       this.queuedBytes += bytes;
       if (!this.scheduled && !this.syncing) {
         this.scheduled = true;

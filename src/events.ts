@@ -30,6 +30,9 @@ const OPTIONAL_STRINGS: readonly (readonly [string, number])[] = [
 /** Every member the schema knows: one written twice in an event is refused (JSON.parse would keep the last silently). */
 export const KNOWN_FIELDS: readonly string[] = ["event_type", "event_id", "event_timestamp", "processor", "retry_count", ...OPTIONAL_STRINGS.map(([f]) => f)];
 
+/** The optional string members' length limits, by name. */
+export const OPTIONAL_LIMITS: ReadonlyMap<string, number> = new Map(OPTIONAL_STRINGS);
+
 const OPTIONAL_NAMES = OPTIONAL_STRINGS.map(([f]) => f);
 const OPTIONAL_MAX = OPTIONAL_STRINGS.map(([, max]) => max);
 const PROCESSOR_LIST = `required, one of ${PROCESSORS.join(", ")}`;
@@ -113,10 +116,20 @@ for (let i = 0; i < 16; i++) HEX["0123456789abcdef".charCodeAt(i)] = HEX["012345
 /** A UUID's 128 bits as four 32-bit words at out[at..]; false for anything that is not 8-4-4-4-12 hex digits. One pass, no allocation. */
 export function parseUuid(id: string, out: Uint32Array, at = 0): boolean {
   if (id.length !== 36) return false;
+  for (let i = 0; i < 36; i++) {
+    const c = id.charCodeAt(i);
+    UUID_TEXT[i] = c < 128 ? c : 0xff;
+  }
+  return uuidWordsAt(UUID_TEXT, 0, out, at);
+}
+const UUID_TEXT = new Uint8Array(36);
+
+/** The same for the 36 ASCII bytes at bytes[from..] (src/plain-events.ts reads ids where they lie). */
+export function uuidWordsAt(bytes: Uint8Array, from: number, out: Uint32Array, at: number): boolean {
   let word = 0;
   let hexDigits = 0;
   for (let i = 0; i < 36; i++) {
-    const c = id.charCodeAt(i);
+    const c = bytes[from + i]!;
     if (i === 8 || i === 13 || i === 18 || i === 23) {
       if (c !== 45 /* - */) return false;
       continue;

@@ -12,7 +12,8 @@ import { rateLimitHeader } from "./limiter.ts";
 import { countClientRequest, type RejectReason } from "./metrics.ts";
 import type { IngestRoute } from "./routes.ts";
 import { json, problem } from "./problem.ts";
-import { toRecord } from "./record.ts";
+import { frame, frameSpans, toRecord } from "./record.ts";
+import { readPlainEvents } from "./plain-events.ts";
 
 /** Validation errors listed in one 422 response at most (the count is always exact). */
 const MAX_LISTED_ERRORS = 1000;
@@ -129,6 +130,12 @@ async function ingestEvents(gw: Gateway, config: Config, request: Incoming, rout
   }
   if (!body.ok && body.reason === "corrupt_encoding") return reject(gw, 400, "malformed_encoding", "the compressed request body cannot be decompressed; nothing was stored");
   if (!body.ok) return reject(gw, 400, "incomplete_body", "the request body ended before it was complete; nothing was stored");
+  // Most bodies are plain (src/plain-events.ts): their records are their own bytes.
+  const plain = readPlainEvents(body.bytes, ndjson ? "lines" : batch ? "array" : "one", config.maxBatch);
+  if (plain !== null) {
+    const bytes = body.bytes;
+    return store(gw, plain.ids, keyId, client, (owned) => frameSpans(bytes, plain.spans, owned, receivedNow(), keyId), plain.words);
+  }
   const parsed = ndjson ? parseNdjson(body.bytes, config.maxBatch) : parseJson(body.bytes, batch, config.maxBatch);
   if (!parsed.ok) {
     if (parsed.status === 413) return reject(gw, 413, "batch_too_large", `a batch holds at most ${config.maxBatch} events`);
@@ -149,7 +156,16 @@ async function ingestEvents(gw: Gateway, config: Config, request: Incoming, rout
       ...(errors.length > MAX_LISTED_ERRORS ? { errors_truncated: true } : {}),
     });
   }
-  return store(gw, values as PaymentEvent[], keyId, client);
+  const events = values as PaymentEvent[];
+  // Serialised before any id is claimed: an event that cannot be (nested too deeply) changes nothing.
+  const receivedAt = receivedNow();
+  let records: string[];
+  try {
+    records = events.map((e) => toRecord(e, receivedAt, keyId));
+  } catch {
+    return reject(gw, 400, "malformed_json", "an event is nested too deeply to be stored");
+  }
+  return store(gw, events.map(dedupKey), keyId, client, (owned) => frame(records.filter((_, i) => owned[i])));
 }
 
 type Parsed =
@@ -247,26 +263,24 @@ function isBlank(bytes: Uint8Array, from: number, end: number): boolean {
   return true;
 }
 
-/** Drops duplicates, appends the rest to the event log, and answers 202 once they are durable. */
-async function store(gw: Gateway, events: PaymentEvent[], keyId: string, client: string | null): Promise<Reply> {
-  // Serialised before any id is claimed: an event that cannot be (nested too deeply) changes nothing.
-  const receivedAt = receivedNow();
-  let records: string[];
+/** Drops duplicates, appends the rest (framed by `lines` as log lines) to the event log, and answers 202 once they are durable. */
+async function store(
+  gw: Gateway,
+  ids: string[],
+  keyId: string,
+  client: string | null,
+  lines: (owned: readonly boolean[]) => Buffer,
+  words?: Uint32Array,
+): Promise<Reply> {
+  const claim = await gw.dedup.claim(ids, Date.now(), words);
   try {
-    records = events.map((e) => toRecord(e, receivedAt, keyId));
-  } catch {
-    return reject(gw, 400, "malformed_json", "an event is nested too deeply to be stored");
-  }
-  const ids = events.map(dedupKey);
-  const claim = await gw.dedup.claim(ids);
-  try {
-    const owned = records.filter((_, i) => claim.owned[i]);
-    if (owned.length > 0) await gw.log.append(owned);
+    const count = ids.length - claim.duplicates;
+    if (count > 0) await gw.log.appendFramed(lines(claim.owned), count);
     gw.dedup.commit(ids, claim);
-    gw.metrics.hot.accepted(owned.length);
+    gw.metrics.hot.accepted(count);
     gw.metrics.hot.duplicates(claim.duplicates);
-    gw.logger.debug({ key_id: keyId, client: client ?? undefined, accepted: owned.length, duplicates: claim.duplicates }, "events accepted");
-    return json(202, { accepted: owned.length, duplicates: claim.duplicates });
+    gw.logger.debug({ key_id: keyId, client: client ?? undefined, accepted: count, duplicates: claim.duplicates }, "events accepted");
+    return json(202, { accepted: count, duplicates: claim.duplicates });
   } catch (err) {
     // Whatever failed, the ids stay unseen and requests waiting on them go on.
     gw.dedup.release(ids, claim);

@@ -67,6 +67,37 @@ export function frame(records: string[]): Buffer {
   return out;
 }
 
+/**
+ * Frames events whose own bytes are their record text but for the service's
+ * members (src/plain-events.ts): for each i with owned[i], bytes[spans[2i],
+ * spans[2i + 1]) without its closing brace, then `received_at` and `key_id`,
+ * then the CRC member. The same lines as frame([toRecord(...)]) of the parsed
+ * events (test/plain-events.test.ts compares them).
+ */
+export function frameSpans(bytes: Uint8Array, spans: readonly number[], owned: readonly boolean[], receivedAt: string, keyId: string): Buffer {
+  const tail = Buffer.from(`,"received_at":"${receivedAt}","key_id":"${keyId}"`);
+  let size = 0;
+  for (let i = 0; i < owned.length; i++) if (owned[i]) size += spans[2 * i + 1]! - spans[2 * i]! - 1 + tail.length + CRC_SUFFIX_BYTES + 1;
+  const out = Buffer.allocUnsafe(size);
+  let o = 0;
+  for (let i = 0; i < owned.length; i++) {
+    if (!owned[i]) continue;
+    const line = o;
+    out.set(bytes.subarray(spans[2 * i]!, spans[2 * i + 1]! - 1), o);
+    o += spans[2 * i + 1]! - spans[2 * i]! - 1;
+    out.set(tail, o);
+    o += tail.length;
+    const crc = crc32(out.subarray(line, o));
+    out.set(CRC_MEMBER, o);
+    o += CRC_MEMBER.length;
+    for (let shift = 28; shift >= 0; shift -= 4) out[o++] = HEX_DIGITS[(crc >>> shift) & 15]!;
+    out[o++] = 0x22; // "
+    out[o++] = 0x7d; // }
+    out[o++] = 0x0a; // \n
+  }
+  return out;
+}
+
 /** The CRC-32 table (reflected 0xedb88320), and its entries by their top byte (all 256 top bytes differ). */
 const CRC_TABLE = new Int32Array(256);
 const BY_TOP_BYTE = new Uint8Array(256);
