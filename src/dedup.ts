@@ -204,9 +204,10 @@ const MIN_CAPACITY = 1024;
 /**
  * An exact set of 128-bit ids with an expiry each, in insertion order: a ring
  * of entries (4 id words + expiry in seconds, 20 bytes) in arrival order, and
- * an open-addressing hash table (linear probing, 4 bytes and a 1-byte tag a slot) pointing
- * into it. Both grow by 1.25x, so memory follows the ids held (~25-31 bytes
- * each), not the configured cap. No false positives: ids compare in full.
+ * an open-addressing hash table (linear probing; a slot is 4 bytes of ring
+ * position and the id's 32-bit hash) pointing into it. Both grow by 1.25x, so
+ * memory follows the ids held (30-37.5 bytes each, 31 at a million), not the
+ * configured cap. No false positives: ids compare in full.
  */
 class IdTable {
   private ids = new Uint32Array(0);
@@ -217,13 +218,16 @@ class IdTable {
   entries = 0;
   /** Ring slot + 1 of each id, 0 for an empty table slot. */
   private slots = new Int32Array(0);
-  /** 8 bits of each slot's id hash, so that most probes never read the ring. */
-  private tags = new Uint8Array(0);
+  /**
+   * Each slot's id hash: a probe reads the ring only on a full match, and
+   * growing and deleting never read it (hashing again would, a cache miss an id).
+   */
+  private hashes = new Uint32Array(0);
   /** Distinct ids held. */
   size = 0;
 
   get bytes(): number {
-    return this.ids.byteLength + this.expiries.byteLength + this.slots.byteLength + this.tags.byteLength;
+    return this.ids.byteLength + this.expiries.byteLength + this.slots.byteLength + this.hashes.byteLength;
   }
 
   /** Live ids in ring order, 5 words each (id words, expiry). */
@@ -285,7 +289,7 @@ class IdTable {
     }
     // Not held: the probe ended at the empty slot where it belongs.
     this.slots[~slot] = at + 1;
-    this.tags[~slot] = this.lastTag;
+    this.hashes[~slot] = this.lastHash;
     this.size++;
   }
 
@@ -307,20 +311,20 @@ class IdTable {
     return this.expiries[at]! > passed;
   }
 
-  /** Tag of the id last hashed by `home`. */
-  private lastTag = 0;
+  /** Hash of the id last hashed by `home`. */
+  private lastHash = 0;
 
-  /** The id's home slot; its tag (8 other bits of the hash) is left in `lastTag`. */
+  /** The id's home slot; its hash is left in `lastHash`. */
   private home(a: number, b: number, c: number, d: number): number {
     let h = Math.imul(a ^ Math.imul(b, 0x85ebca6b) ^ Math.imul(c, 0xc2b2ae35) ^ Math.imul(d, 0x27d4eb2f), 0x9e3779b1);
     h ^= h >>> 15;
-    this.lastTag = h & 0xff;
-    return Math.floor(((h >>> 0) / 4294967296) * this.slots.length);
+    this.lastHash = h >>> 0;
+    return homeOf(this.lastHash, this.slots.length);
   }
 
   /**
    * The slot holding the id, or ~slot of the empty slot where its probe
-   * ended. The ring is read only where the slot's tag matches: a probe passes
+   * ended. The ring is read only where the slot's hash matches: a probe passes
    * other ids without touching their 16 bytes (a cache miss each in a large table).
    */
   private find(a: number, b: number, c: number, d: number): number {
@@ -328,25 +332,16 @@ class IdTable {
     if (n === 0) return -1;
     const ids = this.ids;
     const slots = this.slots;
-    const tags = this.tags;
+    const hashes = this.hashes;
     let i = this.home(a, b, c, d);
-    const tag = this.lastTag;
+    const hash = this.lastHash;
     for (; ; i = i + 1 === n ? 0 : i + 1) {
       const v = slots[i]!;
       if (v === 0) return ~i;
-      if (tags[i] !== tag) continue;
+      if (hashes[i] !== hash) continue;
       const o = (v - 1) * 4;
       if (ids[o] === a && ids[o + 1] === b && ids[o + 2] === c && ids[o + 3] === d) return i;
     }
-  }
-
-  private insert(at: number): void {
-    const n = this.slots.length;
-    const o = at * 4;
-    let i = this.home(this.ids[o]!, this.ids[o + 1]!, this.ids[o + 2]!, this.ids[o + 3]!);
-    while (this.slots[i] !== 0) i = i + 1 === n ? 0 : i + 1;
-    this.slots[i] = at + 1;
-    this.tags[i] = this.lastTag;
   }
 
   /** Backward-shift deletion: no tombstones, so lookups stay short however long the process runs. */
@@ -354,19 +349,23 @@ class IdTable {
     const n = this.slots.length;
     let hole = slot;
     for (let j = hole + 1 === n ? 0 : hole + 1; this.slots[j] !== 0; j = j + 1 === n ? 0 : j + 1) {
-      const o = (this.slots[j]! - 1) * 4;
-      const k = this.home(this.ids[o]!, this.ids[o + 1]!, this.ids[o + 2]!, this.ids[o + 3]!);
+      const k = homeOf(this.hashes[j]!, n);
       // The entry at j may move into the hole unless its home lies cyclically in (hole, j].
       const stays = hole <= j ? hole < k && k <= j : hole < k || k <= j;
       if (stays) continue;
       this.slots[hole] = this.slots[j]!;
-      this.tags[hole] = this.tags[j]!;
+      this.hashes[hole] = this.hashes[j]!;
       hole = j;
     }
     this.slots[hole] = 0;
   }
 
-  /** Copies the ring in order into new arrays and rebuilds the table (amortised O(1) per add). */
+  /**
+   * Copies the ring in order into new arrays and rebuilds the table from the
+   * old one (amortised O(1) per add). Both arrays are read and written front
+   * to back: a slot's home is its hash's top bits, so the old table's order is
+   * nearly the new one's, and the ring is never read.
+   */
   private resize(capacity: number): void {
     const ids = new Uint32Array(capacity * 4);
     const expiries = new Uint32Array(capacity);
@@ -376,15 +375,30 @@ class IdTable {
     ids.set(this.ids.subarray(0, (this.entries - run) * 4), run * 4);
     expiries.set(this.expiries.subarray(this.head, this.head + run));
     expiries.set(this.expiries.subarray(0, this.entries - run), run);
-    const live = this.liveFlags();
+    const { slots: oldSlots, hashes: oldHashes, head, capacity: oldCapacity } = this;
     this.ids = ids;
     this.expiries = expiries;
     this.capacity = capacity;
     this.head = 0;
-    this.slots = new Int32Array(Math.ceil(capacity / MAX_LOAD));
-    this.tags = new Uint8Array(this.slots.length);
-    for (let k = 0; k < this.entries; k++) if (live[k] === 1) this.insert(k);
+    const slots = (this.slots = new Int32Array(Math.ceil(capacity / MAX_LOAD)));
+    const hashes = (this.hashes = new Uint32Array(slots.length));
+    const n = slots.length;
+    for (let j = 0; j < oldSlots.length; j++) {
+      const v = oldSlots[j]!;
+      if (v === 0) continue;
+      const h = oldHashes[j]!;
+      let i = homeOf(h, n);
+      while (slots[i] !== 0) i = i + 1 === n ? 0 : i + 1;
+      const at = v - 1 - head; // where the entry moved in the ring
+      slots[i] = (at < 0 ? at + oldCapacity : at) + 1;
+      hashes[i] = h;
+    }
   }
+}
+
+/** The home slot of a hash in a table of `n` slots: its top bits (the multiply-shift range reduction). */
+function homeOf(hash: number, n: number): number {
+  return Math.floor((hash / 4294967296) * n);
 }
 
 /**
