@@ -176,6 +176,8 @@ const INTERNAL_ERROR: Reply = {
 export class LaneConnection {
   busy = false;
   handedOver = false;
+  /** When bytes last came or went (the idle sweep in runtime.ts reads it: a socket timer costs µs a request on Bun). */
+  lastActive = Date.now();
   private closed = false;
   private buf: Buffer | null = null;
   private paused = false;
@@ -206,12 +208,18 @@ export class LaneConnection {
     socket.on("error", () => {}); // 'close' follows
   }
 
+  /** Closes the connection if no byte came or went for `idleMs` (a handed-over one has node:http's timer). */
+  closeIfSilent(now: number, idleMs: number): void {
+    if (!this.handedOver && now - this.lastActive >= idleMs) this.socket.destroy();
+  }
+
   /** Closes the connection now if no request is being handled (shutdown). */
   closeIfIdle(): void {
     if (!this.busy && !this.handedOver) this.socket.destroy();
   }
 
   private onData = (chunk: Buffer): void => {
+    this.lastActive = Date.now();
     if (this.discard > 0) {
       const n = Math.min(this.discard, chunk.length);
       this.discard -= n;
@@ -279,6 +287,7 @@ export class LaneConnection {
     this.chunks = [];
     this.reader = null;
     this.socket.write(responseText(reply, close));
+    this.lastActive = Date.now();
     if (close) {
       this.socket.end();
       // end() only half-closes: a peer that never closes its side would hold the socket.
