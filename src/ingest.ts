@@ -235,20 +235,35 @@ function parseNdjson(bytes: Uint8Array, maxBatch: number): Parsed {
   return { ok: true, values, facts };
 }
 
-/** A body watcher that refuses (returns false) once a chunk starts non-blank line number maxBatch + 1. */
-function lineCounter(maxBatch: number): (chunk: Uint8Array) => boolean {
+/**
+ * A body watcher that refuses (returns false) once a chunk starts non-blank
+ * line number maxBatch + 1. Inside a line it jumps to the next LF natively;
+ * only the bytes that start a line are looked at in JS.
+ */
+export function lineCounter(maxBatch: number): (chunk: Uint8Array) => boolean {
   let lines = 0;
   let content = false; // the current line has a byte other than space, tab or CR
   return (chunk) => {
-    for (let i = 0; i < chunk.length; i++) {
-      const b = chunk[i]!;
-      if (b === 0x0a) {
-        if (content) lines++;
-        content = false;
-      } else if (!content && b !== 0x20 && b !== 0x09 && b !== 0x0d) {
+    const n = chunk.length;
+    for (let i = 0; i < n; ) {
+      if (!content) {
+        let b = chunk[i]!;
+        while (b === 0x20 || b === 0x09 || b === 0x0d) {
+          if (++i === n) return true;
+          b = chunk[i]!;
+        }
+        if (b === 0x0a) {
+          i++;
+          continue;
+        }
         if (lines === maxBatch) return false;
         content = true;
       }
+      const lf = chunk.indexOf(0x0a, i);
+      if (lf < 0) return true;
+      lines++;
+      content = false;
+      i = lf + 1;
     }
     return true;
   };

@@ -10,6 +10,7 @@ import { dedupKey, KNOWN_FIELDS, parseUuid, validateEvent, type FieldError, type
 import { KnownMembers, scanJson, type EventFacts } from "../src/json-scan.ts";
 import { readPlainEvents, type BodyShape } from "../src/plain-events.ts";
 import { frame, frameSpans, toRecord } from "../src/record.ts";
+import { lineCounter } from "../src/ingest.ts";
 import { rng } from "./support/rng.ts";
 
 type R = () => number;
@@ -173,5 +174,49 @@ describe("plain bodies", () => {
     }
     // Some mutations keep a body plain (a changed letter in a value): those were compared too.
     expect(taken).toBeGreaterThan(1000);
+  });
+});
+
+describe("NDJSON line counting while the body arrives", () => {
+  /** The byte-by-byte rule lineCounter implements with native LF searches. */
+  function lineCounterRef(maxBatch: number): (chunk: Uint8Array) => boolean {
+    let lines = 0;
+    let content = false;
+    return (chunk) => {
+      for (const b of chunk) {
+        if (b === 0x0a) {
+          if (content) lines++;
+          content = false;
+        } else if (!content && b !== 0x20 && b !== 0x09 && b !== 0x0d) {
+          if (lines === maxBatch) return false;
+          content = true;
+        }
+      }
+      return true;
+    };
+  }
+
+  test("stops at the same chunk as the byte-by-byte count, however the body is cut", () => {
+    const r = rng(21);
+    const parts = ["{}", "x", " ", "\t", "\r", "\n", "\n\n", " \r\n", "{\"a\":1}\n"];
+    let stopped = 0;
+    for (let n = 0; n < 5000; n++) {
+      const body = Buffer.from(Array.from({ length: int(r, 40) }, () => pick(r, parts)).join(""));
+      const max = 1 + int(r, 6);
+      const mine = lineCounter(max);
+      const ref = lineCounterRef(max);
+      for (let at = 0; at < body.length; ) {
+        const next = Math.min(body.length, at + 1 + int(r, 12));
+        const chunk = body.subarray(at, next);
+        const want = ref(chunk);
+        expect({ body: body.toString(), at, got: mine(chunk) }).toEqual({ body: body.toString(), at, got: want });
+        if (!want) {
+          stopped++;
+          break;
+        }
+        at = next;
+      }
+    }
+    expect(stopped).toBeGreaterThan(500);
   });
 });
