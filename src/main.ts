@@ -1,4 +1,4 @@
-#!/usr/bin/env bun
+#!/usr/bin/env -S bun --no-env-file
 /** Entry point of `payflux` (source and compiled binary alike). */
 import { main } from "./cli.ts";
 

@@ -4,7 +4,10 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import pkg from "../package.json" with { type: "json" };
-import { ensureBinary, event, KEY, metric, metricsText, post, runCli, SINGLE, startServer, stopAll, storedEvents, type Server } from "./support/harness.ts";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { baseEnv, BINARY, ensureBinary, event, KEY, metric, metricsText, post, runCli, SINGLE, startServer, stopAll, storedEvents, type Server } from "./support/harness.ts";
 
 beforeAll(async () => {
   await ensureBinary();
@@ -30,6 +33,22 @@ describe("dist/payflux", () => {
     const none = runCli(["check-config"], {}, true);
     expect(none.code).toBe(78);
     expect(none.stderr).toContain("PAYFLUX_API_KEYS");
+  });
+
+  test("a .env or bunfig.toml in the working directory is never read: only the environment and the config file are", () => {
+    const dir = mkdtempSync(join(tmpdir(), "payflux-dotenv-"));
+    try {
+      writeFileSync(join(dir, ".env"), "PAYFLUX_API_KEYS=from-a-dotenv-file-0123456789abcdef\nPAYFLUX_PORT=notaport\n");
+      writeFileSync(join(dir, "bunfig.toml"), 'preload = ["./missing.ts"]\n');
+      const run = (env: Record<string, string>) => Bun.spawnSync([BINARY, "check-config"], { cwd: dir, env: baseEnv(env), stdout: "pipe", stderr: "pipe" });
+      const ok = run({ PAYFLUX_API_KEYS: KEY });
+      expect({ code: ok.exitCode, stderr: ok.stderr.toString() }).toEqual({ code: 0, stderr: "" });
+      const none = run({});
+      expect(none.exitCode).toBe(78);
+      expect(none.stderr.toString()).toContain("PAYFLUX_API_KEYS");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   test("unknown command: exit 64", () => {

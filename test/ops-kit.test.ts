@@ -289,7 +289,9 @@ describe("docs a newcomer tripped over", () => {
     expect(readme).toContain("`npm start -- keygen`");
     const pkg = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8"));
     expect(pkg.bin?.payflux).toBe("src/main.ts");
-    expect(readFileSync(join(ROOT, pkg.bin.payflux), "utf8").startsWith("#!/usr/bin/env bun\n")).toBe(true);
+    // Bun reads a .env in the working directory unless told not to: the config comes only from the environment and the config file.
+    expect(readFileSync(join(ROOT, pkg.bin.payflux), "utf8").startsWith("#!/usr/bin/env -S bun --no-env-file\n")).toBe(true);
+    expect(pkg.scripts.start).toBe("bun --no-env-file src/main.ts");
     const env = { ...process.env, PATH: `${join(ROOT, "node_modules", ".bin")}:${process.env.PATH}` };
     const p = Bun.spawn(["npm", "start", "--silent", "--", "keygen"], { cwd: ROOT, env, stdout: "pipe", stderr: "pipe" });
     const timer = setTimeout(() => p.kill("SIGKILL"), 30_000);
