@@ -12,26 +12,13 @@ import { KnownMembers, scanJson, type EventFacts } from "../src/json-scan.ts";
 import { crc32 } from "node:zlib";
 import { crcWithoutLast, frame, toRecord, unframe } from "../src/record.ts";
 import { frameRef, isRfc3339Ref, KnownMembersRef, scanJsonRef, toRecordRef, validateEventRef } from "./support/batch-reference.ts";
-import { rng } from "./support/rng.ts";
+import { mutate, rng } from "./support/rng.ts";
 
 type R = () => number;
 const int = (r: R, n: number) => Math.floor(r() * n);
 const pick = <T>(r: R, xs: readonly T[]): T => xs[int(r, xs.length)]!;
 const hexDigits = (r: R, n: number) => Array.from({ length: n }, () => "0123456789abcdefABCDEF"[int(r, 22)]).join("");
 const uuid = (r: R) => `${hexDigits(r, 8)}-${hexDigits(r, 4)}-${hexDigits(r, 4)}-${hexDigits(r, 4)}-${hexDigits(r, 12)}`;
-
-/** Replaces, deletes or inserts a few characters, from a set that stresses each parser. */
-function mutate(r: R, s: string, alphabet: readonly string[]): string {
-  const chars = [...s];
-  for (let n = int(r, 3); n >= 0; n--) {
-    const at = int(r, chars.length + 1);
-    const op = int(r, 3);
-    if (op === 0 && at < chars.length) chars[at] = pick(r, alphabet);
-    else if (op === 1) chars.splice(at, 1);
-    else chars.splice(at, 0, pick(r, alphabet));
-  }
-  return chars.join("");
-}
 
 const TEXT = ["a", "é", "😀", "\u0000", "\n", '"', "\\", "[", "{", "}", "]", ",", ":", "event_id", "\ud800", " "];
 const randomText = (r: R, max = 12) => Array.from({ length: int(r, max) }, () => pick(r, TEXT)).join("");

@@ -11,7 +11,7 @@ import { KnownMembers, scanJson, type EventFacts } from "../src/json-scan.ts";
 import { readPlainEvents, type BodyShape } from "../src/plain-events.ts";
 import { frame, frameSpans, toRecord } from "../src/record.ts";
 import { lineCounter } from "../src/ingest.ts";
-import { rng } from "./support/rng.ts";
+import { mutate, rng } from "./support/rng.ts";
 
 type R = () => number;
 const int = (r: R, n: number) => Math.floor(r() * n);
@@ -162,15 +162,8 @@ describe("plain bodies", () => {
     for (let n = 0; n < 20000; n++) {
       const shape = SHAPES[n % 3]!;
       const events = Array.from({ length: shape === "one" ? 1 : 1 + int(r, 4) }, () => JSON.stringify(validEvent(r)));
-      const chars = [...bodyOf(events, shape, r)];
-      for (let k = int(r, 3); k >= 0; k--) {
-        const at = int(r, chars.length + 1);
-        const op = int(r, 3);
-        if (op === 0 && at < chars.length) chars[at] = pick(r, alphabet);
-        else if (op === 1) chars.splice(at, 1);
-        else chars.splice(at, 0, pick(r, alphabet));
-      }
-      if (agree(Buffer.from(chars.join("")), shape, 3)) taken++;
+      const text = mutate(r, bodyOf(events, shape, r), alphabet);
+      if (agree(Buffer.from(text), shape, 3)) taken++;
     }
     // Some mutations keep a body plain (a changed letter in a value): those were compared too.
     expect(taken).toBeGreaterThan(1000);
