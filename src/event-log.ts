@@ -2,7 +2,7 @@ import {
   closeSync, constants, fdatasyncSync, fsyncSync, fstatSync, ftruncateSync, mkdirSync, openSync, readdirSync, readSync, statSync, unlinkSync, write, writeSync,
 } from "node:fs";
 import { join } from "node:path";
-import { frame, unframe } from "./record.ts";
+import { frame, isIntactLine, unframe } from "./record.ts";
 
 /**
  * Append-only event log in PAYFLUX_DATA_DIR: NDJSON segment files named
@@ -116,18 +116,44 @@ function encode(group: Pending[]): Buffer {
   return group.length === 1 ? group[0]!.data : Buffer.concat(group.map((p) => p.data));
 }
 
-function readWhole(path: string): Buffer {
+/**
+ * The last segment at start-up, read 1 MiB at a time and checked line by line
+ * in place (no record is copied out: a 64 MiB segment once took twice its
+ * size in memory): where its last intact line ends, and how many damaged
+ * lines lie before that line (those stay; damaged lines after it are the
+ * torn tail).
+ */
+function checkSegment(path: string): { size: number; lastGoodEnd: number; corruptLines: number } {
   const fd = openSync(path, "r");
   try {
     const size = fstatSync(fd).size;
-    const buf = Buffer.allocUnsafe(size);
-    let got = 0;
-    while (got < size) {
-      const n = readSync(fd, buf, got, size - got, got);
-      if (n === 0) break;
-      got += n;
+    let lastGoodEnd = 0;
+    let damaged = 0;
+    let damagedSinceGood = 0;
+    let chunk = 1 << 20;
+    for (let pos = 0; pos < size; ) {
+      const buf = Buffer.allocUnsafe(Math.min(chunk, size - pos));
+      const got = readSync(fd, buf, 0, buf.length, pos);
+      if (got === 0) break;
+      let start = 0;
+      for (let nl = buf.indexOf(NEWLINE); nl >= 0 && nl < got; nl = buf.indexOf(NEWLINE, start)) {
+        if (isIntactLine(buf.subarray(start, nl))) {
+          lastGoodEnd = pos + nl + 1;
+          damagedSinceGood = 0;
+        } else {
+          damaged++;
+          damagedSinceGood++;
+        }
+        start = nl + 1;
+      }
+      if (start === 0 && pos + got < size) {
+        chunk *= 2; // one line longer than the chunk
+        continue;
+      }
+      if (start === 0) break; // the rest has no newline: a torn tail
+      pos += start;
     }
-    return buf.subarray(0, got);
+    return { size, lastGoodEnd, corruptLines: damaged - damagedSinceGood };
   } finally {
     closeSync(fd);
   }
@@ -180,15 +206,12 @@ export class EventLog {
     let durableSize = 0;
     if (segments.length > 0) {
       const path = join(dir, segmentName(seq));
-      const buf = readWhole(path);
-      const scan = scanLines(buf);
+      const scan = checkSegment(path);
       durableSize = scan.lastGoodEnd;
-      // Damaged lines before the last good one are not a torn tail: keep them.
-      const corruptLines = scan.damaged - (scan.wholeEnd > scan.lastGoodEnd ? countLines(buf, scan.lastGoodEnd, scan.wholeEnd) : 0);
-      if (durableSize < buf.length || corruptLines > 0) {
-        recovery = { segment: segmentName(seq), truncatedBytes: buf.length - durableSize, corruptLines };
+      if (durableSize < scan.size || scan.corruptLines > 0) {
+        recovery = { segment: segmentName(seq), truncatedBytes: scan.size - durableSize, corruptLines: scan.corruptLines };
       }
-      if (durableSize < buf.length) {
+      if (durableSize < scan.size) {
         const fd = openSync(path, "r+");
         try {
           ftruncateSync(fd, durableSize);
@@ -573,8 +596,3 @@ export class EventLog {
   }
 }
 
-function countLines(buf: Uint8Array, from: number, to: number): number {
-  let n = 0;
-  for (let i = buf.indexOf(NEWLINE, from); i >= 0 && i < to; i = buf.indexOf(NEWLINE, i + 1)) n++;
-  return n;
-}

@@ -118,14 +118,20 @@ export function crcWithoutLast(crc: number, last: number): number {
   return ~(((r ^ CRC_TABLE[x]!) << 8) | (x ^ last)) >>> 0;
 }
 
+/** Whether one line (without its newline) is whole and its CRC matches. */
+export function isIntactLine(line: Uint8Array): boolean {
+  const n = line.length;
+  if (n <= CRC_SUFFIX_BYTES + 1 || line[n - 1] !== 0x7d /* } */) return false;
+  const suffix = Buffer.from(line.buffer, line.byteOffset + n - CRC_SUFFIX_BYTES, CRC_SUFFIX_BYTES).toString("latin1");
+  if (!suffix.startsWith(',"crc":"') || !suffix.endsWith('"}')) return false;
+  const hex = suffix.slice(8, 16);
+  return /^[0-9a-f]{8}$/.test(hex) && crc32(line.subarray(0, n - CRC_SUFFIX_BYTES)) === Number.parseInt(hex, 16);
+}
+
 /** The record of one line (without its newline), with the crc member removed; null if the line is damaged. */
 export function unframe(line: Uint8Array): Buffer | null {
+  if (!isIntactLine(line)) return null;
   const n = line.length;
-  if (n <= CRC_SUFFIX_BYTES + 1 || line[n - 1] !== 0x7d /* } */) return null;
-  const suffix = Buffer.from(line.buffer, line.byteOffset + n - CRC_SUFFIX_BYTES, CRC_SUFFIX_BYTES).toString("latin1");
-  if (!suffix.startsWith(',"crc":"') || !suffix.endsWith('"}')) return null;
-  const hex = suffix.slice(8, 16);
-  if (!/^[0-9a-f]{8}$/.test(hex) || crc32(line.subarray(0, n - CRC_SUFFIX_BYTES)) !== Number.parseInt(hex, 16)) return null;
   const record = Buffer.allocUnsafe(n - CRC_SUFFIX_BYTES + 1);
   record.set(line.subarray(0, n - CRC_SUFFIX_BYTES));
   record[n - CRC_SUFFIX_BYTES] = 0x7d;

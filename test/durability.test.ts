@@ -589,3 +589,34 @@ describe("a request larger than the whole store", () => {
     expect((await post(server, SINGLE, ev())).status).toBe(202);
   });
 });
+
+describe("recovery of the last segment at start-up (in-process)", () => {
+  const LIMITS = { segmentBytes: 1 << 30, retentionMs: 86_400_000, maxBytes: 2 ** 40 };
+  const big = (n: number) => `{"event_id":"${crypto.randomUUID()}","pad":"${"p".repeat(n)}"}`;
+
+  test("damaged lines before the last intact one stay (counted); damaged and partial lines after it are cut; lines longer than a read are whole", async () => {
+    const dir = tempDir();
+    const { EventLog, segmentName } = await import("../src/event-log.ts");
+    // Intact lines of every size around the 1 MiB read, one damaged line among them, then a torn tail.
+    const good = [big(10), big(3 << 20), big(10), big((1 << 20) - 80), big(2 << 20)].map((r) => frame([r]));
+    const damaged = Buffer.from(frame([big(10)]).toString("latin1").replace('"pad":"p', '"pad":"q'), "latin1");
+    const kept = Buffer.concat([good[0]!, good[1]!, damaged, good[2]!, good[3]!, good[4]!]);
+    const torn = Buffer.concat([damaged, damaged, frame([big(5000)]).subarray(0, 3000)]);
+    const path = join(dir, segmentName(1));
+    appendFileSync(path, Buffer.concat([kept, torn]));
+    const log = EventLog.open(dir, LIMITS);
+    try {
+      expect(log.recovery).toEqual({ segment: segmentName(1), truncatedBytes: torn.length, corruptLines: 1 });
+      expect(readFileSync(path).equals(kept)).toBe(true);
+    } finally {
+      await log.close();
+    }
+    // Opened again: nothing more to cut, the damaged line is still counted.
+    const again = EventLog.open(dir, LIMITS);
+    try {
+      expect(again.recovery).toEqual({ segment: segmentName(1), truncatedBytes: 0, corruptLines: 1 });
+    } finally {
+      await again.close();
+    }
+  });
+});
