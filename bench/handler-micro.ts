@@ -31,7 +31,7 @@ if (!loaded.ok) throw new Error(loaded.errors.join("; "));
 const config = loaded.config;
 const metrics = createMetrics();
 const logger = createLogger("warn");
-const log = EventLog.open(dir, logLimits(config), { onFlush: (s) => metrics.flushDuration.observe(s), write: (_fd, _data, _offset, length, cb) => setImmediate(() => cb(null, length)) });
+const log = EventLog.open(dir, logLimits(config), { onFlush: (s) => metrics.flushDuration.observe(s), writev: (_fd, parts, cb) => setImmediate(() => cb(null, parts.reduce((n, p) => n + p.length, 0))) });
 const gw: Gateway = {
   config,
   limiter: new RateLimiter(config.ingestRps, config.ingestBurst),

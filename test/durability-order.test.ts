@@ -6,12 +6,13 @@
  * tests cannot see a missing sync; these tests can. In-process: the segment's
  * descriptor carries O_DSYNC, and an append resolves only after its write
  * returned. On the real binary (strace): the segment is opened with O_DSYNC,
- * and for every acknowledged event, write(record) returned -> sendto("HTTP/1.1 202").
+ * and for every acknowledged event, writev(record) returned -> sendto("HTTP/1.1 202").
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import { constants, readFileSync, write } from "node:fs";
+import { constants, readFileSync, writeSync, writev } from "node:fs";
 import { join } from "node:path";
 import { EventLog } from "../src/event-log.ts";
+import { frame } from "../src/record.ts";
 import { event, post, SINGLE, startServer, stopAll, tempDir } from "./support/harness.ts";
 
 afterAll(stopAll);
@@ -28,7 +29,7 @@ describe("group commit: an append resolves only after its durable write returned
   test("the segment is written with O_DSYNC; each group's promises wait for its write", async () => {
     const held: { fd: number; release: () => void }[] = [];
     const log = EventLog.open(tempDir(), LIMITS, {
-      write: (fd, data, offset, length, cb) => held.push({ fd, release: () => write(fd, data, offset, length, null, cb) }),
+      writev: (fd, parts, cb) => held.push({ fd, release: () => writev(fd, parts, cb) }),
     });
     const done: string[] = [];
     const first = log.append(['{"n":1}']).then(() => done.push("first"));
@@ -53,9 +54,27 @@ describe("group commit: an append resolves only after its durable write returned
     await log.close();
   });
 
+  test("a write that takes only part of a group is continued where it stopped", async () => {
+    const calls: number[] = [];
+    const log = EventLog.open(tempDir(), LIMITS, {
+      // Each call writes at most 7 bytes, across buffer boundaries.
+      writev: (fd, parts, cb) => {
+        const bytes = Buffer.concat(parts).subarray(0, 7);
+        calls.push(bytes.length);
+        setImmediate(() => cb(null, writeSync(fd, bytes)));
+      },
+    });
+    const records = ['{"n":1}', '{"n":22}', '{"n":333}'];
+    await Promise.all(records.map((r) => log.append([r])));
+    const written = readFileSync(log.segmentPath, "utf8");
+    expect(written).toBe(frame(records).toString("utf8"));
+    expect(calls.length).toBeGreaterThan(3);
+    await log.close();
+  });
+
   test("a failed write rejects its group and acknowledges nothing", async () => {
     const log = EventLog.open(tempDir(), LIMITS, {
-      write: (_fd, _data, _offset, _length, cb) => setTimeout(() => cb(Object.assign(new Error("EIO"), { code: "EIO" }), 0), 5),
+      writev: (_fd, _parts, cb) => setTimeout(() => cb(Object.assign(new Error("EIO"), { code: "EIO" }), 0), 5),
     });
     await expect(log.append(['{"n":1}'])).rejects.toThrow("EIO");
     await log.close();
@@ -63,7 +82,7 @@ describe("group commit: an append resolves only after its durable write returned
 });
 
 describe("the compiled binary acknowledges only synced events (strace)", () => {
-  test("for every 202: the segment opened with O_DSYNC, write(record) returned, then the response", async () => {
+  test("for every 202: the segment opened with O_DSYNC, writev(record) returned, then the response", async () => {
     const trace = join(tempDir(), "strace.txt");
     const server = await startServer({
       binary: true,
@@ -96,14 +115,14 @@ describe("the compiled binary acknowledges only synced events (strace)", () => {
     }
     expect(segmentFds.size).toBeGreaterThan(0);
     for (const flags of segmentFds.values()) expect(flags.split("|")).toContain("O_DSYNC");
-    // strace -f: "PID write(fd, ...) = ret", or "PID write(fd, ... <unfinished ...>" then "PID <... write resumed>) = ret".
+    // strace -f: "PID writev(fd, ...) = ret", or "PID writev(fd, ... <unfinished ...>" then "PID <... writev resumed>) = ret".
     const durableAt = ids.map((id) => {
-      const w = lines.findIndex((l) => /\bwrite\((\d+), /.test(l) && l.includes(id));
+      const w = lines.findIndex((l) => /\bwritev\((\d+), /.test(l) && l.includes(id));
       expect(w).toBeGreaterThanOrEqual(0);
-      const [, pid, fd] = /^(\d+)\s+write\((\d+), /.exec(lines[w]!)!;
+      const [, pid, fd] = /^(\d+)\s+writev\((\d+), /.exec(lines[w]!)!;
       expect(segmentFds.has(Number(fd))).toBe(true);
       if (/\)\s+= \d+$/.test(lines[w]!)) return w;
-      const resumed = lines.findIndex((l, i) => i > w && l.startsWith(`${pid} `) && /<\.\.\. write resumed>.*= \d+$/.test(l));
+      const resumed = lines.findIndex((l, i) => i > w && l.startsWith(`${pid} `) && /<\.\.\. writev resumed>.*= \d+$/.test(l));
       expect(resumed).toBeGreaterThan(w);
       return resumed;
     });
