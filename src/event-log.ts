@@ -1,5 +1,5 @@
 import {
-  closeSync, constants, fdatasyncSync, fsyncSync, fstatSync, ftruncateSync, mkdirSync, openSync, readdirSync, readSync, statSync, unlinkSync, writeSync, writev,
+  closeSync, constants, fdatasyncSync, fsyncSync, fstatSync, ftruncateSync, mkdirSync, openSync, readdirSync, readSync, statSync, unlinkSync, writeSync, writev, writevSync,
 } from "node:fs";
 import { join } from "node:path";
 import { frame, isIntactLine, unframe } from "./record.ts";
@@ -122,8 +122,10 @@ function unwritten(parts: Buffer[], n: number): Buffer[] {
   return rest;
 }
 
-function encode(group: Pending[]): Buffer {
-  return group.length === 1 ? group[0]!.data : Buffer.concat(group.map((p) => p.data));
+function groupBytes(group: Pending[]): number {
+  let size = 0;
+  for (const p of group) size += p.bytes;
+  return size;
 }
 
 /**
@@ -335,8 +337,7 @@ export class EventLog {
     const fd = this.fd!;
     // One writev of the appends' own buffers: concatenating them first cost a copy and a large allocation per group.
     let parts = group.map((p) => p.data);
-    let size = 0;
-    for (const p of group) size += p.bytes;
+    const size = groupBytes(group);
     this.syncing = true;
     this.syncingBytes = size;
     const done = (err: NodeJS.ErrnoException | null) => {
@@ -370,10 +371,8 @@ export class EventLog {
   /** Writes a group synchronously (shutdown only); returns its size. */
   private writeSync(group: Pending[]): number {
     if (this.fd === null) this.openSegment(this.durableSize);
-    const data = encode(group);
-    let written = 0;
-    while (written < data.length) written += writeSync(this.fd!, data, written, data.length - written);
-    return data.length;
+    for (let parts = group.map((p) => p.data); parts.length > 0; ) parts = unwritten(parts, writevSync(this.fd!, parts));
+    return groupBytes(group);
   }
 
   private commit(group: Pending[], bytes: number, started: number): void {

@@ -132,10 +132,7 @@ async function ingestEvents(gw: Gateway, config: Config, request: Incoming, rout
   if (!body.ok) return reject(gw, 400, "incomplete_body", "the request body ended before it was complete; nothing was stored");
   // Most bodies are plain (src/plain-events.ts): their records are their own bytes.
   const plain = readPlainEvents(body.bytes, ndjson ? "lines" : batch ? "array" : "one", config.maxBatch);
-  if (plain !== null) {
-    const bytes = body.bytes;
-    return store(gw, plain.ids, keyId, client, (owned) => frameSpans(bytes, plain.spans, owned, receivedNow(), keyId), plain.words);
-  }
+  if (plain !== null) return store(gw, plain.ids, keyId, client, (owned) => frameSpans(plain.bytes, plain.spans, owned, receivedNow(), keyId), plain.words);
   const parsed = ndjson ? parseNdjson(body.bytes, config.maxBatch) : parseJson(body.bytes, batch, config.maxBatch);
   if (!parsed.ok) {
     if (parsed.status === 413) return reject(gw, 413, "batch_too_large", `a batch holds at most ${config.maxBatch} events`);

@@ -14,6 +14,8 @@ import { isRfc3339, KNOWN_FIELDS, OPTIONAL_LIMITS, PROCESSORS, uuidWordsAt } fro
 import { KnownMembers } from "./json-scan.ts";
 
 export interface PlainEvents {
+  /** The body, as a Buffer (src/record.ts frameSpans copies the events out of it). */
+  bytes: Buffer;
   /** Each event's bytes: [spans[2i], spans[2i + 1]), from its `{` to just past its `}`. */
   spans: number[];
   /** Each event's dedup id (its event_id lowercased). */
@@ -50,7 +52,7 @@ for (let b = 0x20; b < 0x80; b++) if (b !== QUOTE && b !== 0x5c) PLAIN_STRING_BY
 export function readPlainEvents(body: Uint8Array, shape: BodyShape, maxEvents: number): PlainEvents | null {
   // A Buffer view, for its native latin1 slices (a tenth of building the strings in JS).
   const bytes = Buffer.isBuffer(body) ? body : Buffer.from(body.buffer, body.byteOffset, body.byteLength);
-  const out: PlainEvents = { spans: [], ids: [], words: new Uint32Array(shape === "one" ? 4 : 256) };
+  const out: PlainEvents = { bytes, spans: [], ids: [], words: new Uint32Array(shape === "one" ? 4 : 256) };
   const n = bytes.length;
   if (shape === "lines") {
     for (let i = 0; i < n; ) {

@@ -69,14 +69,13 @@ export function frame(records: string[]): Buffer {
 
 /**
  * Frames events whose own bytes are their record text but for the service's
- * members (src/plain-events.ts): for each i with owned[i], bytes[spans[2i],
+ * members (src/plain-events.ts): for each i with owned[i], src[spans[2i],
  * spans[2i + 1]) without its closing brace, then `received_at` and `key_id`,
  * then the CRC member. The same lines as frame([toRecord(...)]) of the parsed
  * events (test/plain-events.test.ts compares them).
  */
-export function frameSpans(bytes: Uint8Array, spans: readonly number[], owned: readonly boolean[], receivedAt: string, keyId: string): Buffer {
+export function frameSpans(src: Buffer, spans: readonly number[], owned: readonly boolean[], receivedAt: string, keyId: string): Buffer {
   // Buffer.copy: a subarray per event (for set) costs several times the copy itself.
-  const src = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const tail = Buffer.from(`,"received_at":"${receivedAt}","key_id":"${keyId}"`);
   let size = 0;
   for (let i = 0; i < owned.length; i++) if (owned[i]) size += spans[2 * i + 1]! - spans[2 * i]! - 1 + tail.length + CRC_SUFFIX_BYTES + 1;
