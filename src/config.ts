@@ -360,10 +360,15 @@ function* loadKeys(get: (name: VariableName) => string, clientsFile: string, rps
       "no API key is configured, so every request would be refused: set PAYFLUX_API_KEYS=<key>[,<key>...] or PAYFLUX_CLIENTS_FILE " +
         "(generate a key with `payflux keygen` or `openssl rand -hex 32`)",
     );
-  } else if (allowedCount > 0 && [...entries.values()].every((e) => e.revoked)) {
+  } else if (allowedCount > 0 && !someActive(entries.values())) {
     warnings.push("every allowed key is also revoked: all ingest requests will be refused with revoked_key");
   }
   return keys;
+}
+
+function someActive(entries: Iterable<KeyEntry>): boolean {
+  for (const e of entries) if (!e.revoked) return true;
+  return false;
 }
 
 /** What every instance of one fleet must agree on: keys, revocations, limits, validation and dedup settings. */

@@ -99,21 +99,37 @@ export function keyStates(c: KeyCounts): { active: number; revoked: number; expi
  * How each key moved between absent, active and revoked, as counts an
  * operator can act on: added (absent -> active), removed (active or revoked
  * -> absent), revoked (active or absent -> revoked), unrevoked (revoked ->
- * active). Each key counts once.
+ * active). Each key counts once. Both rings are walked in digest order, as
+ * their fingerprints already sorted them: no lookup per key.
  */
 export function* keyChanges(prev: Config, next: Config): Sliced<KeyChanges> {
   const counts = { keys_added: 0, keys_removed: 0, keys_revoked: 0, keys_unrevoked: 0 };
-  let kept = 0; // keys in both: the rest of prev was removed (one pass over next, no second one over prev)
-  let n = 0;
-  for (const now of next.keys.values()) {
-    const was = prev.keys.get(now.digest);
-    if (was !== undefined) kept++;
-    if (!now.revoked && was === undefined) counts.keys_added++;
-    else if (!now.revoked && was!.revoked) counts.keys_unrevoked++;
-    else if (now.revoked && was?.revoked !== true) counts.keys_revoked++;
-    if (++n % PAUSE_EVERY === 0) yield;
+  const before = yield* prev.keys.inOrder();
+  const after = yield* next.keys.inOrder();
+  const [a, b] = [before.entries, after.entries];
+  let i = 0;
+  let j = 0;
+  let steps = 0;
+  while (i < a.length || j < b.length) {
+    // Which comes first: prev's key (< 0), next's (> 0), or the same key (0); digests compare as strings only on equal prefixes.
+    let order = i === a.length ? 1 : j === b.length ? -1 : before.prefixes[i]! - after.prefixes[j]!;
+    if (order === 0 && a[i]!.digest !== b[j]!.digest) order = a[i]!.digest < b[j]!.digest ? -1 : 1;
+    if (order < 0) {
+      counts.keys_removed++;
+      i++;
+    } else if (order > 0) {
+      if (b[j]!.revoked) counts.keys_revoked++;
+      else counts.keys_added++;
+      j++;
+    } else {
+      const [was, now] = [a[i]!, b[j]!];
+      if (was.revoked && !now.revoked) counts.keys_unrevoked++;
+      else if (!was.revoked && now.revoked) counts.keys_revoked++;
+      i++;
+      j++;
+    }
+    if (++steps % PAUSE_EVERY === 0) yield;
   }
-  counts.keys_removed = prev.keys.size - kept;
   return counts;
 }
 

@@ -76,6 +76,26 @@ describe("the key ring", () => {
     expect(config.keys.contentDigest()).toBe(sha.digest("hex"));
   });
 
+  test("the content digest orders digests that share their first hex digits (the numeric sort's ties) and mixed line ends as the plain sort does", () => {
+    // 600 digests over 6 prefixes of 7 digits, the rest random; a third revoked (another line end), some plain keys.
+    const digit = () => "0123456789abcdef"[Math.floor(Math.random() * 16)]!;
+    const prefixes = Array.from({ length: 6 }, () => Array.from({ length: 7 }, digit).join(""));
+    const digests = Array.from({ length: 600 }, (_, i) => prefixes[i % 6]! + (i % 5 === 0 ? "0" : "") + Array.from({ length: 57 }, digit).join("")).map((d) => d.slice(0, 64));
+    const plain = keys("t", 40);
+    const ring = ok(
+      loadConfig({
+        PAYFLUX_API_KEYS: [...digests.map((d) => `sha256:${d}`), ...plain].join(","),
+        PAYFLUX_REVOKED_KEYS: digests.filter((_, i) => i % 3 === 0).map((d) => `sha256:${d}`).join(","),
+      }),
+    ).keys;
+    const sha = createHash("sha256");
+    for (const e of ring.all().sort((a, b) => (a.digest < b.digest ? -1 : 1))) {
+      sha.update(`${e.digest} ${e.client ?? ""} ${e.revoked ? 1 : 0} ${e.notAfter} ${e.limits.rps} ${e.limits.burst}\n`);
+    }
+    expect(ring.size).toBe(640);
+    expect(ring.contentDigest()).toBe(sha.digest("hex"));
+  });
+
   test("hasLiveBucket: an env key's digest and a named client's bucket while not revoked", () => {
     const ring = config.keys;
     expect(ring.hasLiveBucket(hex(keys("b", 50)[10]!))).toBe(true);
@@ -100,6 +120,28 @@ describe("the key ring", () => {
     const expected = { keys_added: 500, keys_removed: 1000, keys_revoked: 11, keys_unrevoked: 5 };
     expect(runSync(keyChanges(prev, next))).toEqual(expected);
     expect(await runSliced(keyChanges(prev, next), 0)).toEqual(expected);
+  });
+
+  test("keyChanges (a walk of both rings in digest order) agrees with a lookup per key on random rings", () => {
+    const pool = keys("r", 400);
+    const pick = () => {
+      const allowed = pool.filter(() => Math.random() < 0.6);
+      const revoked = pool.filter(() => Math.random() < 0.15);
+      return ok(loadConfig({ PAYFLUX_API_KEYS: allowed.join(","), PAYFLUX_REVOKED_KEYS: revoked.join(",") }));
+    };
+    for (let round = 0; round < 20; round++) {
+      const prev = pick();
+      const next = pick();
+      const want = { keys_added: 0, keys_removed: 0, keys_revoked: 0, keys_unrevoked: 0 };
+      for (const now of next.keys.values()) {
+        const was = prev.keys.get(now.digest);
+        if (!now.revoked && was === undefined) want.keys_added++;
+        else if (!now.revoked && was!.revoked) want.keys_unrevoked++;
+        else if (now.revoked && was?.revoked !== true) want.keys_revoked++;
+      }
+      for (const was of prev.keys.values()) if (next.keys.get(was.digest) === undefined) want.keys_removed++;
+      expect(runSync(keyChanges(prev, next))).toEqual(want);
+    }
   });
 });
 
