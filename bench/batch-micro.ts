@@ -88,7 +88,7 @@ async function round(measure: boolean): Promise<void> {
   const events = values as PaymentEvent[];
   const ids = events.map(dedupKey);
   const claim = await dedup.claim(ids);
-  dedup.commit(ids, claim);
+  dedup.commit(claim);
   if (claim.duplicates !== 0) throw new Error("duplicates");
   t.push(performance.now());
   const receivedAt = new Date().toISOString();
@@ -108,7 +108,7 @@ if (process.argv[2] === "grow") {
   for (let b = 0; b < 4000; b++) {
     const ids = Array.from({ length: EVENTS }, (_, i) => `${hex((Math.random() * 2 ** 32) >>> 0, 8)}-1234-4123-a123-${hex(b, 4)}${hex(i, 8)}`);
     const t = performance.now();
-    index.commit(ids, await index.claim(ids));
+    index.commit(await index.claim(ids));
     spent += performance.now() - t;
   }
   console.log(`dedup claim + commit growing to ${index.size} ids: ${((spent * 1000) / index.size).toFixed(3)} µs per id`);

@@ -19,7 +19,7 @@ const t0 = performance.now();
 for (let i = 0; i < n; i += 10_000) {
   const ids = Array.from({ length: Math.min(10_000, n - i) }, () => crypto.randomUUID());
   const claim = await dedup.claim(ids, now);
-  dedup.commit(ids, claim, now);
+  dedup.commit(claim, now);
 }
 const perCommitUs = ((performance.now() - t0) * 1000) / n;
 const after = heapUsed();

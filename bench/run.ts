@@ -402,7 +402,7 @@ async function main() {
     const d = new DedupIndex(86_400_000, 10_000_000);
     const ids = Array.from({ length: n }, () => crypto.randomUUID());
     const c = await d.claim(ids, 0);
-    d.commit(ids, c, 0);
+    d.commit(c, 0);
     extra.dedup_bytes_per_id = d.bytes / d.size;
   }
 

@@ -10,18 +10,22 @@ import { storedId } from "./record.ts";
  * client's retry is stored: the old service lost events exactly there.
  */
 export interface Claim {
-  /** owned[i]: this request must store ids[i]; otherwise it is a duplicate. */
-  owned: boolean[];
-  duplicates: number;
-  /** Wakes requests that wait on the ids this claim owns. */
-  readonly wake: () => void;
+  /** owned[i]: this request must store event i; otherwise it is a duplicate. */
+  readonly owned: boolean[];
+  readonly duplicates: number;
   /** The ids' 128 bits, 4 words each, parsed once for claim and commit. */
   readonly words: Uint32Array;
+  /** Number of the claim in the in-flight set (0: it holds no id). */
+  readonly owner: number;
 }
 
 export class DedupIndex {
   private readonly table = new IdTable();
-  private readonly inflight = new Map<string, Promise<void>>();
+  /** Ids being written, each with the number of the claim that holds it. */
+  private readonly inflight = new InflightIds();
+  /** Settles when the claim of that number commits or releases (requests waiting on its ids). */
+  private readonly holders = new Map<number, { settled: Promise<void>; wake: () => void }>();
+  private lastOwner = 0;
   private readonly words = new Uint32Array(4);
   /** Expiries are held as 10 ms ticks after this time (ms), so 32 bits last 497 days; see tick(). */
   private base = Math.floor((Date.now() - 86_400_000) / TICK_MS) * TICK_MS;
@@ -82,66 +86,72 @@ export class DedupIndex {
    * duplicate (repeats within `ids` included). Ids another request is writing
    * are waited for. All or nothing: a request takes its ids only when none of
    * them is held by another, so a waiting request holds nothing and two
-   * requests can never wait on each other. `parsed` holds the ids' words
-   * when the caller has them already (parseUuid's form, four per id).
+   * requests can never wait on each other. `ids` are validated UUIDs, or their
+   * words (parseUuid's form, four per id) when the caller has them already.
    */
-  async claim(ids: string[], now = Date.now(), parsed?: Uint32Array): Promise<Claim> {
-    const n = ids.length;
-    let words = parsed;
-    if (words === undefined) {
-      words = new Uint32Array(n * 4);
-      for (let i = 0; i < n; i++) if (!parseUuid(ids[i]!, words, i * 4)) throw new TypeError("dedup ids are validated UUIDs");
+  async claim(ids: readonly string[] | Uint32Array, now = Date.now()): Promise<Claim> {
+    let words: Uint32Array;
+    if (ids instanceof Uint32Array) words = ids;
+    else {
+      words = new Uint32Array(ids.length * 4);
+      for (let i = 0; i < ids.length; i++) if (!parseUuid(ids[i]!, words, i * 4)) throw new TypeError("dedup ids are validated UUIDs");
     }
+    const n = words.length / 4;
     // Indexes of the ids not seen yet; repeats within `ids` are dropped at the end.
     let unseen: number[] = [];
     for (let i = 0; i < n; i++) if (!this.isSeen(words, i, now)) unseen.push(i);
     while (this.inflight.size > 0) {
-      const held: Promise<void>[] = [];
+      const held = new Set<Promise<void>>();
       for (const i of unseen) {
-        const other = this.inflight.get(ids[i]!);
-        if (other !== undefined) held.push(other);
+        const owner = this.inflight.ownerOf(words, i * 4);
+        if (owner !== 0) held.add(this.holders.get(owner)!.settled);
       }
-      if (held.length === 0) break;
+      if (held.size === 0) break;
       await Promise.all(held);
       const at = Date.now();
       unseen = unseen.filter((i) => !this.isSeen(words, i, at));
     }
-    let wake!: () => void;
-    const mine = new Promise<void>((resolve) => (wake = resolve));
     const owned = new Array<boolean>(n).fill(false);
+    if (unseen.length === 0) return { owned, duplicates: n, words, owner: 0 };
+    const owner = this.nextOwner();
     let taken = 0;
-    for (const i of unseen) {
-      // No other request holds these ids now, so an id already in the map is a repeat within `ids`.
-      const before = this.inflight.size;
-      this.inflight.set(ids[i]!, mine);
-      if (this.inflight.size === before) continue;
-      owned[i] = true;
-      taken++;
-    }
-    return { owned, duplicates: n - taken, wake, words };
+    // No other request holds these ids now, so an id already in the set is a repeat within `ids`.
+    for (const i of unseen) if (this.inflight.add(words, i * 4, owner)) (owned[i] = true), taken++;
+    let wake!: () => void;
+    const settled = new Promise<void>((resolve) => (wake = resolve));
+    this.holders.set(owner, { settled, wake });
+    return { owned, duplicates: n - taken, words, owner };
+  }
+
+  private nextOwner(): number {
+    do this.lastOwner = this.lastOwner === 0x7fffffff ? 1 : this.lastOwner + 1;
+    while (this.holders.has(this.lastOwner));
+    return this.lastOwner;
   }
 
   /** The owned ids are durable: remember them for the window and wake waiters. */
-  commit(ids: string[], claim: Claim, now = Date.now()): void {
+  commit(claim: Claim, now = Date.now()): void {
     const expiry = this.tick(now + this.windowMs);
     const w = claim.words;
-    for (let i = 0; i < ids.length; i++) {
+    for (let i = 0; i < claim.owned.length; i++) {
       if (!claim.owned[i]) continue;
       this.makeRoom(now);
       this.table.add(w[i * 4]!, w[i * 4 + 1]!, w[i * 4 + 2]!, w[i * 4 + 3]!, expiry);
     }
     this.prune(now);
-    this.settle(ids, claim);
+    this.settle(claim);
   }
 
   /** The write failed: the owned ids stay unseen, and waiters try for themselves. */
-  release(ids: string[], claim: Claim): void {
-    this.settle(ids, claim);
+  release(claim: Claim): void {
+    this.settle(claim);
   }
 
-  private settle(ids: string[], claim: Claim): void {
-    for (let i = 0; i < ids.length; i++) if (claim.owned[i]) this.inflight.delete(ids[i]!);
-    claim.wake();
+  private settle(claim: Claim): void {
+    if (claim.owner === 0) return;
+    for (let i = 0; i < claim.owned.length; i++) if (claim.owned[i]) this.inflight.delete(claim.words, i * 4);
+    this.holders.get(claim.owner)!.wake();
+    this.holders.delete(claim.owner);
   }
 
   /** At the cap, forgets the oldest id before another is added. */
@@ -316,9 +326,7 @@ class IdTable {
 
   /** The id's home slot; its hash is left in `lastHash`. */
   private home(a: number, b: number, c: number, d: number): number {
-    let h = Math.imul(a ^ Math.imul(b, 0x85ebca6b) ^ Math.imul(c, 0xc2b2ae35) ^ Math.imul(d, 0x27d4eb2f), 0x9e3779b1);
-    h ^= h >>> 15;
-    this.lastHash = h >>> 0;
+    this.lastHash = idHash(a, b, c, d);
     return homeOf(this.lastHash, this.slots.length);
   }
 
@@ -349,10 +357,7 @@ class IdTable {
     const n = this.slots.length;
     let hole = slot;
     for (let j = hole + 1 === n ? 0 : hole + 1; this.slots[j] !== 0; j = j + 1 === n ? 0 : j + 1) {
-      const k = homeOf(this.hashes[j]!, n);
-      // The entry at j may move into the hole unless its home lies cyclically in (hole, j].
-      const stays = hole <= j ? hole < k && k <= j : hole < k || k <= j;
-      if (stays) continue;
+      if (staysPut(hole, j, homeOf(this.hashes[j]!, n))) continue;
       this.slots[hole] = this.slots[j]!;
       this.hashes[hole] = this.hashes[j]!;
       hole = j;
@@ -394,6 +399,93 @@ class IdTable {
       hashes[i] = h;
     }
   }
+}
+
+/**
+ * The ids requests are writing (a few thousand at most): a small
+ * open-addressing set of 128-bit ids, each with the number of the claim that
+ * holds it, instead of a Map keyed by id strings (no string per id).
+ */
+class InflightIds {
+  private ids = new Uint32Array(4 * 1024);
+  /** Claim number per slot, 0 for an empty slot. */
+  private owners = new Int32Array(1024);
+  size = 0;
+
+  /** The claim holding the id at words[o, o + 4), or 0. */
+  ownerOf(words: Uint32Array, o: number): number {
+    const slot = this.find(words, o);
+    return slot < 0 ? 0 : this.owners[slot]!;
+  }
+
+  /** Adds the id for `owner`; false when it is in the set already. */
+  add(words: Uint32Array, o: number, owner: number): boolean {
+    if (2 * (this.size + 1) > this.owners.length) this.rehash(this.owners.length * 2);
+    const slot = this.find(words, o);
+    if (slot >= 0) return false;
+    const q = 4 * ~slot;
+    this.ids[q] = words[o]!;
+    this.ids[q + 1] = words[o + 1]!;
+    this.ids[q + 2] = words[o + 2]!;
+    this.ids[q + 3] = words[o + 3]!;
+    this.owners[~slot] = owner;
+    this.size++;
+    return true;
+  }
+
+  delete(words: Uint32Array, o: number): void {
+    const slot = this.find(words, o);
+    if (slot < 0) return;
+    const n = this.owners.length;
+    let hole = slot;
+    for (let j = (hole + 1) & (n - 1); this.owners[j] !== 0; j = (j + 1) & (n - 1)) {
+      if (staysPut(hole, j, this.homeAt(j))) continue;
+      this.ids.copyWithin(4 * hole, 4 * j, 4 * j + 4);
+      this.owners[hole] = this.owners[j]!;
+      hole = j;
+    }
+    this.owners[hole] = 0;
+    this.size--;
+  }
+
+  /** The id's slot, or ~slot of the empty slot where its probe ended. */
+  private find(words: Uint32Array, o: number): number {
+    const a = words[o]!;
+    const b = words[o + 1]!;
+    const c = words[o + 2]!;
+    const d = words[o + 3]!;
+    const n = this.owners.length;
+    for (let i = homeOf(idHash(a, b, c, d), n); ; i = (i + 1) & (n - 1)) {
+      if (this.owners[i] === 0) return ~i;
+      const q = 4 * i;
+      if (this.ids[q] === a && this.ids[q + 1] === b && this.ids[q + 2] === c && this.ids[q + 3] === d) return i;
+    }
+  }
+
+  private homeAt(slot: number): number {
+    const q = 4 * slot;
+    return homeOf(idHash(this.ids[q]!, this.ids[q + 1]!, this.ids[q + 2]!, this.ids[q + 3]!), this.owners.length);
+  }
+
+  private rehash(slots: number): void {
+    const { ids, owners } = this;
+    this.ids = new Uint32Array(4 * slots);
+    this.owners = new Int32Array(slots);
+    this.size = 0;
+    for (let i = 0; i < owners.length; i++) if (owners[i] !== 0) this.add(ids, 4 * i, owners[i]!);
+  }
+}
+
+/** Backward-shift deletion: the entry at j, whose home is k, may not move into the hole when k lies cyclically in (hole, j]. */
+function staysPut(hole: number, j: number, k: number): boolean {
+  return hole <= j ? hole < k && k <= j : hole < k || k <= j;
+}
+
+/** A 32-bit hash of a 128-bit id. */
+function idHash(a: number, b: number, c: number, d: number): number {
+  let h = Math.imul(a ^ Math.imul(b, 0x85ebca6b) ^ Math.imul(c, 0xc2b2ae35) ^ Math.imul(d, 0x27d4eb2f), 0x9e3779b1);
+  h ^= h >>> 15;
+  return h >>> 0;
 }
 
 /** The home slot of a hash in a table of `n` slots: its top bits (the multiply-shift range reduction). */

@@ -132,7 +132,7 @@ async function ingestEvents(gw: Gateway, config: Config, request: Incoming, rout
   if (!body.ok) return reject(gw, 400, "incomplete_body", "the request body ended before it was complete; nothing was stored");
   // Most bodies are plain (src/plain-events.ts): their records are their own bytes.
   const plain = readPlainEvents(body.bytes, ndjson ? "lines" : batch ? "array" : "one", config.maxBatch);
-  if (plain !== null) return store(gw, plain.ids, keyId, client, (owned) => frameSpans(plain.bytes, plain.spans, owned, receivedNow(), keyId), plain.words);
+  if (plain !== null) return store(gw, plain.words, keyId, client, (owned) => frameSpans(plain.bytes, plain.spans, owned, receivedNow(), keyId));
   const parsed = ndjson ? parseNdjson(body.bytes, config.maxBatch) : parseJson(body.bytes, batch, config.maxBatch);
   if (!parsed.ok) {
     if (parsed.status === 413) return reject(gw, 413, "batch_too_large", `a batch holds at most ${config.maxBatch} events`);
@@ -275,27 +275,24 @@ function isBlank(bytes: Uint8Array, from: number, end: number): boolean {
   return true;
 }
 
-/** Drops duplicates, appends the rest (framed by `lines` as log lines) to the event log, and answers 202 once they are durable. */
-async function store(
-  gw: Gateway,
-  ids: string[],
-  keyId: string,
-  client: string | null,
-  lines: (owned: readonly boolean[]) => Buffer,
-  words?: Uint32Array,
-): Promise<Reply> {
-  const claim = await gw.dedup.claim(ids, Date.now(), words);
+/**
+ * Drops duplicates, appends the rest (framed by `lines` as log lines) to the
+ * event log, and answers 202 once they are durable. `ids` are the events'
+ * dedup ids, or their words (src/plain-events.ts reads them from the bytes).
+ */
+async function store(gw: Gateway, ids: string[] | Uint32Array, keyId: string, client: string | null, lines: (owned: readonly boolean[]) => Buffer): Promise<Reply> {
+  const claim = await gw.dedup.claim(ids);
   try {
-    const count = ids.length - claim.duplicates;
+    const count = claim.owned.length - claim.duplicates;
     if (count > 0) await gw.log.appendFramed(lines(claim.owned), count);
-    gw.dedup.commit(ids, claim);
+    gw.dedup.commit(claim);
     gw.metrics.hot.accepted(count);
     gw.metrics.hot.duplicates(claim.duplicates);
     gw.logger.debug({ key_id: keyId, client: client ?? undefined, accepted: count, duplicates: claim.duplicates }, "events accepted");
     return json(202, { accepted: count, duplicates: claim.duplicates });
   } catch (err) {
     // Whatever failed, the ids stay unseen and requests waiting on them go on.
-    gw.dedup.release(ids, claim);
+    gw.dedup.release(claim);
     return storageFailure(gw, err);
   }
 }

@@ -18,9 +18,7 @@ export interface PlainEvents {
   bytes: Buffer;
   /** Each event's bytes: [spans[2i], spans[2i + 1]), from its `{` to just past its `}`. */
   spans: number[];
-  /** Each event's dedup id (its event_id lowercased). */
-  ids: string[];
-  /** The ids' 128 bits, four words each (src/dedup.ts takes them as they are). */
+  /** Each event's event_id as 128 bits, four words each (src/dedup.ts takes them as they are). */
   words: Uint32Array;
 }
 
@@ -52,13 +50,13 @@ for (let b = 0x20; b < 0x80; b++) if (b !== QUOTE && b !== 0x5c) PLAIN_STRING_BY
 export function readPlainEvents(body: Uint8Array, shape: BodyShape, maxEvents: number): PlainEvents | null {
   // A Buffer view, for its native latin1 slices (a tenth of building the strings in JS).
   const bytes = Buffer.isBuffer(body) ? body : Buffer.from(body.buffer, body.byteOffset, body.byteLength);
-  const out: PlainEvents = { bytes, spans: [], ids: [], words: new Uint32Array(shape === "one" ? 4 : 256) };
+  const out: PlainEvents = { bytes, spans: [], words: new Uint32Array(shape === "one" ? 4 : 256) };
   const n = bytes.length;
   if (shape === "lines") {
     for (let i = 0; i < n; ) {
       while (i < n && isLineSpace(bytes[i]!)) i++;
       if (i < n && bytes[i] !== LF) {
-        if (out.ids.length === maxEvents) return null;
+        if (out.spans.length === 2 * maxEvents) return null;
         i = readEvent(bytes, i, out);
         if (i < 0) return null;
         while (i < n && isLineSpace(bytes[i]!)) i++;
@@ -72,7 +70,7 @@ export function readPlainEvents(body: Uint8Array, shape: BodyShape, maxEvents: n
       if (bytes[i] !== 0x5b /* [ */) return null;
       i = skipSpace(bytes, i + 1);
       for (;;) {
-        if (out.ids.length === maxEvents) return null;
+        if (out.spans.length === 2 * maxEvents) return null;
         i = readEvent(bytes, i, out);
         if (i < 0) return null;
         i = skipSpace(bytes, i);
@@ -87,8 +85,8 @@ export function readPlainEvents(body: Uint8Array, shape: BodyShape, maxEvents: n
     }
     if (skipSpace(bytes, i) !== n) return null;
   }
-  if (out.ids.length === 0) return null;
-  out.words = out.words.subarray(0, 4 * out.ids.length);
+  if (out.spans.length === 0) return null;
+  out.words = out.words.subarray(0, 2 * out.spans.length);
   return out;
 }
 
@@ -141,7 +139,7 @@ function readEvent(bytes: Buffer, at: number, out: PlainEvents): number {
     if (next !== COMMA) return -1;
   }
   if ((seen & REQUIRED) !== REQUIRED) return -1;
-  const index = out.ids.length;
+  const index = out.spans.length / 2;
   if (out.words.length < 4 * (index + 1)) {
     const grown = new Uint32Array(out.words.length * 2);
     grown.set(out.words);
@@ -149,7 +147,6 @@ function readEvent(bytes: Buffer, at: number, out: PlainEvents): number {
   }
   if (!uuidWordsAt(bytes, idAt, out.words, 4 * index)) return -1;
   out.spans.push(at, i);
-  out.ids.push(bytes.toString("latin1", idAt, idAt + 36).toLowerCase());
   return i;
 }
 

@@ -261,7 +261,7 @@ describe("dedup index", () => {
     const dedup = new DedupIndex(1000, 1_000_000);
     const t0 = Date.now();
     const ids = (n: number, tag: number) => Array.from({ length: n }, (_, i) => `${tag.toString(16).padStart(8, "0")}-0000-4000-8000-${i.toString(16).padStart(12, "0")}`);
-    const add = async (batch: string[], now: number) => dedup.commit(batch, await dedup.claim(batch, now), now);
+    const add = async (batch: string[], now: number) => dedup.commit(await dedup.claim(batch, now), now);
     const old = ids(512, 1);
     const mid = ids(512, 2);
     await add(old, t0); // expires at t0 + 1000
@@ -271,7 +271,7 @@ describe("dedup index", () => {
     await add(late.slice(1), t0 + 1500); // wraps past the end of the arrays, and grows again while wrapped
     const peek = async (batch: string[], now: number) => {
       const claim = await dedup.claim(batch, now);
-      dedup.release(batch, claim);
+      dedup.release(claim);
       return claim.owned;
     };
     expect((await peek(old, t0 + 1600)).every((o) => o)).toBe(true);
@@ -294,18 +294,18 @@ describe("dedup index", () => {
     const pending = dedup.claim([y, z, z], now).then((c) => (b = c));
     await new Promise((resolve) => setTimeout(resolve, 5));
     expect(b).toBeNull(); // y is in flight
-    dedup.commit([x, y], a, now);
+    dedup.commit(a, now);
     await pending;
     expect(b!.owned).toEqual([false, true, false]);
     expect(b!.duplicates).toBe(2);
 
-    dedup.commit([y, z, z], b!, now);
+    dedup.commit(b!, now);
     const c = await dedup.claim([x, z], now); // both seen now
     expect(c.owned).toEqual([false, false]);
     const fresh = crypto.randomUUID();
     const d = await dedup.claim([fresh], now);
     const e = dedup.claim([fresh, fresh], now);
-    dedup.release([fresh], d); // the write failed: the waiter stores it
+    dedup.release(d); // the write failed: the waiter stores it
     expect((await e).owned).toEqual([true, false]);
   });
 });

@@ -43,10 +43,10 @@ describe("DedupIndex matches a Map model", () => {
         });
         expect(claim.owned).toEqual(expected);
         if (r() < 0.1) {
-          dedup.release(ids, claim);
+          dedup.release(claim);
           continue;
         }
-        dedup.commit(ids, claim, now);
+        dedup.commit(claim, now);
         ids.forEach((id, i) => {
           if (!claim.owned[i]) return;
           model.delete(id);
@@ -70,7 +70,7 @@ describe("DedupIndex matches a Map model", () => {
     const a = "123e4567-e89b-12d3-a456-426614174000";
     const b = "123e4567-e89b-12d3-a456-426614174001";
     const c = await dedup.claim([a], 0);
-    dedup.commit([a], c, 0);
+    dedup.commit(c, 0);
     expect((await dedup.claim([b], 1)).owned).toEqual([true]);
     expect((await dedup.claim([a], 1)).owned).toEqual([false]);
   });
@@ -82,6 +82,60 @@ describe("DedupIndex matches a Map model", () => {
     dedup.restore(ids.map((id) => [id, 1_900_000_000_000] as const));
     expect(dedup.size).toBe(200_000);
     expect(dedup.bytes / dedup.size).toBeLessThanOrEqual(32);
+  });
+
+  test("concurrent claims: an id is never held by two requests, waiters go on when its holder settles, across thousands of ids in flight", async () => {
+    const r = rng(11);
+    const dedup = new DedupIndex(86_400_000, 1_000_000);
+    const pool = Array.from({ length: 4000 }, () => uuid(r));
+    const holder = new Map<string, number>(); // id -> request holding it
+    const seen = new Set<string>();
+    const active: { n: number; ids: string[]; claim: Awaited<ReturnType<DedupIndex["claim"]>> }[] = [];
+    let pending = 0;
+    let resolved = 0;
+    const ticks = async () => {
+      for (let i = 0; i < 4; i++) await new Promise((res) => setImmediate(res));
+    };
+    for (let n = 0; n < 1500; n++) {
+      // Up to 2,000 ids in flight: past the set's first size, with deletions all over it.
+      const ids = Array.from({ length: 1 + Math.floor(r() * 20) }, () => pool[Math.floor(r() * pool.length)]!);
+      pending++;
+      void dedup.claim(ids).then((claim) => {
+        pending--;
+        resolved++;
+        const mine = new Set<string>();
+        ids.forEach((id, i) => {
+          // Resolved only when no other request holds any of its ids.
+          expect(holder.has(id)).toBe(false);
+          expect(claim.owned[i]).toBe(!seen.has(id) && !mine.has(id));
+          mine.add(id);
+        });
+        for (const id of ids.filter((_, i) => claim.owned[i])) holder.set(id, n);
+        active.push({ n, ids, claim });
+      });
+      await ticks();
+      while (active.length > 0 && (holder.size > 2000 || r() < 0.04)) {
+        const [done] = active.splice(Math.floor(r() * active.length), 1);
+        const owned = done!.ids.filter((_, i) => done!.claim.owned[i]);
+        for (const id of owned) holder.delete(id);
+        if (r() < 0.8) {
+          dedup.commit(done!.claim);
+          for (const id of owned) seen.add(id);
+        } else dedup.release(done!.claim);
+        await ticks();
+      }
+    }
+    while (active.length > 0 || pending > 0) {
+      const done = active.pop();
+      if (done !== undefined) {
+        for (const id of done.ids.filter((_, i) => done.claim.owned[i])) holder.delete(id);
+        dedup.commit(done.claim);
+        for (const id of done.ids.filter((_, i) => done.claim.owned[i])) seen.add(id);
+      }
+      await ticks();
+    }
+    expect(resolved).toBe(1500);
+    expect(dedup.size).toBe(seen.size);
   });
 
   test("only UUIDs are ids", () => {
@@ -123,10 +177,10 @@ describe("expiry ticks", () => {
     const id = "123e4567-e89b-12d3-a456-426614174000";
     let now = Date.now();
     const c = await dedup.claim([id], now);
-    dedup.commit([id], c, now);
+    dedup.commit(c, now);
     const peek = async (ids: string[], at: number) => {
       const claim = await dedup.claim(ids, at);
-      dedup.release(ids, claim);
+      dedup.release(claim);
       return claim.owned;
     };
     expect(await peek([id], now + 990)).toEqual([false]);
@@ -137,7 +191,7 @@ describe("expiry ticks", () => {
       const fresh = crypto.randomUUID();
       const claim = await dedup.claim([fresh, id], now);
       expect(claim.owned).toEqual([true, true]);
-      dedup.commit([fresh, id], claim, now);
+      dedup.commit(claim, now);
       expect(await peek([fresh, id], now + 500)).toEqual([false, false]);
       expect(await peek([fresh], now + 1011)).toEqual([true]);
     }

@@ -68,10 +68,10 @@ describe("duplicate claims cannot deadlock", () => {
     const c = await dedup.claim([y]); // C is writing y
     const a = dedup.claim([x, y]); // A waits for y, and must not hold x meanwhile
     await Bun.sleep(5);
-    dedup.release([y], c); // C's write failed
+    dedup.release(c); // C's write failed
     const e = await dedup.claim([y, x]); // E, in the same tick, takes both
     expect(e.owned).toEqual([true, true]);
-    dedup.commit([y, x], e);
+    dedup.commit(e);
     const claimA = await Promise.race([a, Bun.sleep(2000).then(() => "deadlock" as const)]);
     expect(claimA).not.toBe("deadlock");
     expect(claimA).toMatchObject({ owned: [false, false], duplicates: 2 });
