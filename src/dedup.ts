@@ -97,30 +97,30 @@ export class DedupIndex {
       for (let i = 0; i < ids.length; i++) if (!parseUuid(ids[i]!, words, i * 4)) throw new TypeError("dedup ids are validated UUIDs");
     }
     const n = words.length / 4;
-    // Indexes of the ids not seen yet; repeats within `ids` are dropped at the end.
-    let unseen: number[] = [];
-    for (let i = 0; i < n; i++) if (!this.isSeen(words, i, now)) unseen.push(i);
-    while (this.inflight.size > 0) {
-      const held = new Set<Promise<void>>();
-      for (const i of unseen) {
-        const owner = this.inflight.ownerOf(words, i * 4);
-        if (owner !== 0) held.add(this.holders.get(owner)!.settled);
+    for (;;) {
+      const owner = this.nextOwner();
+      const owned = new Array<boolean>(n).fill(false);
+      let taken = 0;
+      let blocker = 0;
+      for (let i = 0; i < n && blocker === 0; i++) {
+        if (this.isSeen(words, i, now)) continue;
+        // In the set already: a repeat within `ids` (this claim's) or another request's id.
+        const holder = this.inflight.add(words, i * 4, owner);
+        if (holder === 0) (owned[i] = true), taken++;
+        else if (holder !== owner) blocker = holder;
       }
-      if (held.size === 0) break;
-      await Promise.all(held);
-      const at = Date.now();
-      unseen = unseen.filter((i) => !this.isSeen(words, i, at));
+      if (blocker === 0) {
+        if (taken === 0) return { owned, duplicates: n, words, owner: 0 };
+        let wake!: () => void;
+        const settled = new Promise<void>((resolve) => (wake = resolve));
+        this.holders.set(owner, { settled, wake });
+        return { owned, duplicates: n - taken, words, owner };
+      }
+      // Held elsewhere: let go of what this claim took, wait for that request, and look again.
+      for (let i = 0; i < n; i++) if (owned[i]) this.inflight.delete(words, i * 4);
+      await this.holders.get(blocker)!.settled;
+      now = Date.now();
     }
-    const owned = new Array<boolean>(n).fill(false);
-    if (unseen.length === 0) return { owned, duplicates: n, words, owner: 0 };
-    const owner = this.nextOwner();
-    let taken = 0;
-    // No other request holds these ids now, so an id already in the set is a repeat within `ids`.
-    for (const i of unseen) if (this.inflight.add(words, i * 4, owner)) (owned[i] = true), taken++;
-    let wake!: () => void;
-    const settled = new Promise<void>((resolve) => (wake = resolve));
-    this.holders.set(owner, { settled, wake });
-    return { owned, duplicates: n - taken, words, owner };
   }
 
   private nextOwner(): number {
@@ -412,17 +412,11 @@ class InflightIds {
   private owners = new Int32Array(1024);
   size = 0;
 
-  /** The claim holding the id at words[o, o + 4), or 0. */
-  ownerOf(words: Uint32Array, o: number): number {
-    const slot = this.find(words, o);
-    return slot < 0 ? 0 : this.owners[slot]!;
-  }
-
-  /** Adds the id for `owner`; false when it is in the set already. */
-  add(words: Uint32Array, o: number, owner: number): boolean {
+  /** Adds the id at words[o, o + 4) for `owner` and answers 0, or the claim that holds it already. */
+  add(words: Uint32Array, o: number, owner: number): number {
     if (2 * (this.size + 1) > this.owners.length) this.rehash(this.owners.length * 2);
     const slot = this.find(words, o);
-    if (slot >= 0) return false;
+    if (slot >= 0) return this.owners[slot]!;
     const q = 4 * ~slot;
     this.ids[q] = words[o]!;
     this.ids[q + 1] = words[o + 1]!;
@@ -430,7 +424,7 @@ class InflightIds {
     this.ids[q + 3] = words[o + 3]!;
     this.owners[~slot] = owner;
     this.size++;
-    return true;
+    return 0;
   }
 
   delete(words: Uint32Array, o: number): void {
