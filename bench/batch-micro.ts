@@ -10,7 +10,7 @@
  * (add --cpu-prof to profile it). No disk, no network.
  * `bun bench/batch-micro.ts grow` instead times dedup claim + commit alone
  * while the index grows to 2 million ids (the micro-benchmark's index stays
- * small, so cache misses and growth are felt there).
+ * small, so cache misses and growth are felt there), and the longest batch.
  */
 import { KNOWN_FIELDS, dedupKey, validateEvent, type FieldError, type PaymentEvent } from "../src/events.ts";
 import { KnownMembers, scanJson, type EventFacts } from "../src/json-scan.ts";
@@ -105,13 +105,19 @@ async function round(measure: boolean): Promise<void> {
 if (process.argv[2] === "grow") {
   const index = new DedupIndex(86_400_000, 10_000_000);
   let spent = 0;
+  let worst = 0;
   for (let b = 0; b < 4000; b++) {
     const ids = Array.from({ length: EVENTS }, (_, i) => `${hex((Math.random() * 2 ** 32) >>> 0, 8)}-1234-4123-a123-${hex(b, 4)}${hex(i, 8)}`);
     const t = performance.now();
     index.commit(await index.claim(ids));
-    spent += performance.now() - t;
+    const took = performance.now() - t;
+    spent += took;
+    worst = Math.max(worst, took);
   }
-  console.log(`dedup claim + commit growing to ${index.size} ids: ${((spent * 1000) / index.size).toFixed(3)} µs per id`);
+  console.log(
+    `dedup claim + commit growing to ${index.size} ids: ${((spent * 1000) / index.size).toFixed(3)} µs per id, ` +
+      `longest batch of ${EVENTS} ${worst.toFixed(1)} ms, ${(index.bytes / index.size).toFixed(1)} bytes per id`,
+  );
   process.exit(0);
 }
 

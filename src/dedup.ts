@@ -206,198 +206,240 @@ export class DedupIndex {
 /** Resolution of the expiries the index keeps. */
 const TICK_MS = 10;
 
-/** Entries per slot of the hash table at most; the table and the ring grow together past it. */
+/** Ids per slot of the hash table at most; past it the table grows by GROWTH, a few slots per add. */
 const MAX_LOAD = 0.8;
 const GROWTH = 1.25;
-const MIN_CAPACITY = 1024;
+const MIN_SLOTS = 1024;
+/** Old slots moved to the new table per add while it grows: the move ends before the new table is 0.75 full. */
+const MOVE_PER_ADD = 8;
+/** A load the new table never reaches while MOVE_PER_ADD keeps up; past it the rest moves at once. */
+const FULL = 0.9;
+/** The ring is kept in blocks of 2^12 entries (80 KiB): it grows and shrinks a block at a time, never copied. */
+const BLOCK_BITS = 12;
+const BLOCK = 1 << BLOCK_BITS;
+
+/** One open-addressing table (linear probing): each slot holds a ring entry's number and the id's hash (0: empty). */
+class Slots {
+  readonly seqs: Uint32Array;
+  readonly hashes: Uint32Array;
+  constructor(readonly length: number) {
+    this.seqs = new Uint32Array(length);
+    this.hashes = new Uint32Array(length);
+  }
+}
 
 /**
  * An exact set of 128-bit ids with an expiry each, in insertion order: a ring
- * of entries (4 id words + expiry in seconds, 20 bytes) in arrival order, and
- * an open-addressing hash table (linear probing; a slot is 4 bytes of ring
- * position and the id's 32-bit hash) pointing into it. Both grow by 1.25x, so
- * memory follows the ids held (30-37.5 bytes each, 31 at a million), not the
- * configured cap. No false positives: ids compare in full.
+ * of entries (4 id words + expiry, 20 bytes) in arrival order, in blocks, and
+ * an open-addressing hash table (linear probing) whose slots hold an entry's
+ * number (mod 2^32) and the id's 32-bit hash. Memory follows the ids held
+ * (about 30-33 bytes each), not the configured cap, and nothing grows in one
+ * step: the ring gains a block, and a full table is replaced by a 1.25x one
+ * while adds move MOVE_PER_ADD old slots each (a step once copied millions of
+ * ids and stalled every request for a quarter of a second). No false
+ * positives: ids compare in full.
  */
-class IdTable {
-  private ids = new Uint32Array(0);
-  private expiries = new Uint32Array(0);
-  private capacity = 0;
-  private head = 0;
+export class IdTable {
+  private idBlocks: Uint32Array[] = [];
+  private expiryBlocks: Uint32Array[] = [];
+  /** Number (mod 2^32) of the entry at the head, and its place in the first block. */
+  private headSeq = 0;
+  private headAt = 0;
   /** Ring entries, including ones superseded by a later add of the same id. */
   entries = 0;
-  /** Ring slot + 1 of each id, 0 for an empty table slot. */
-  private slots = new Int32Array(0);
-  /**
-   * Each slot's id hash: a probe reads the ring only on a full match, and
-   * growing and deleting never read it (hashing again would, a cache miss an id).
-   */
-  private hashes = new Uint32Array(0);
   /** Distinct ids held. */
   size = 0;
+  private slots = new Slots(MIN_SLOTS);
+  /** While the table grows: the previous one, emptied from `moved` upwards; [0, moved) is empty. */
+  private old: Slots | null = null;
+  private moved = 0;
 
   get bytes(): number {
-    return this.ids.byteLength + this.expiries.byteLength + this.slots.byteLength + this.hashes.byteLength;
+    const table = (s: Slots | null) => (s === null ? 0 : s.length * 8);
+    return this.idBlocks.length * BLOCK * 20 + table(this.slots) + table(this.old);
   }
 
   /** Live ids in ring order, 5 words each (id words, expiry). */
   export(): Uint32Array {
+    const live = new Uint8Array(this.entries);
+    for (const t of [this.slots, this.old]) {
+      if (t === null) continue;
+      for (let i = 0; i < t.length; i++) if (t.hashes[i] !== 0) live[(t.seqs[i]! - this.headSeq) >>> 0] = 1;
+    }
     const out = new Uint32Array(this.size * 5);
-    const live = this.liveFlags();
     let n = 0;
-    for (let k = 0, at = this.head; k < this.entries; k++, at = at + 1 === this.capacity ? 0 : at + 1) {
-      if (live[k] !== 1) continue;
-      out.set(this.ids.subarray(at * 4, at * 4 + 4), n * 5);
-      out[n * 5 + 4] = this.expiries[at]!;
+    for (let r = 0; r < this.entries; r++) {
+      if (live[r] !== 1) continue;
+      const p = this.headAt + r;
+      const ids = this.idBlocks[p >>> BLOCK_BITS]!;
+      const o = (p & (BLOCK - 1)) * 4;
+      out[n * 5] = ids[o]!;
+      out[n * 5 + 1] = ids[o + 1]!;
+      out[n * 5 + 2] = ids[o + 2]!;
+      out[n * 5 + 3] = ids[o + 3]!;
+      out[n * 5 + 4] = this.expiryBlocks[p >>> BLOCK_BITS]![p & (BLOCK - 1)]!;
       n++;
     }
     return out;
   }
 
-  /** 1 for each ring entry (counted from the head) that the table points to, 0 for superseded ones. */
-  private liveFlags(): Uint8Array {
-    const live = new Uint8Array(this.entries);
-    for (let i = 0; i < this.slots.length; i++) {
-      const v = this.slots[i]!;
-      if (v !== 0) live[(v - 1 - this.head + this.capacity) % this.capacity] = 1;
-    }
-    return live;
-  }
-
-  /** Makes room for `n` entries at once (start-up restore). */
+  /** Sizes the table for `n` ids at once (start-up restore into an empty table). */
   reserve(n: number): void {
-    if (n > this.capacity) this.resize(n);
+    const length = Math.ceil(n / MAX_LOAD);
+    if (this.size === 0 && this.old === null && length > this.slots.length) this.slots = new Slots(length);
   }
 
-  /** Expiry (seconds) of an id, or -1 when it is not held. */
+  /** Expiry of an id, or -1 when it is not held. */
   expiryOf(a: number, b: number, c: number, d: number): number {
     if (this.size === 0) return -1;
-    const slot = this.find(a, b, c, d);
-    return slot < 0 ? -1 : this.expiries[this.slots[slot]! - 1]!;
+    const hash = idHash(a, b, c, d);
+    let slot = this.find(this.slots, a, b, c, d, hash);
+    if (slot >= 0) return this.expiryAt(this.slots.seqs[slot]!);
+    if (this.old === null) return -1;
+    slot = this.find(this.old, a, b, c, d, hash);
+    return slot >= 0 ? this.expiryAt(this.old.seqs[slot]!) : -1;
   }
 
   oldestExpiry(): number {
-    return this.expiries[this.head]!;
+    return this.expiryBlocks[0]![this.headAt]!;
   }
 
   /** Appends an id (or renews one held) at the back of the ring. */
   add(a: number, b: number, c: number, d: number, expiry: number): void {
-    if (this.entries === this.capacity) this.resize(Math.max(MIN_CAPACITY, Math.ceil(this.capacity * GROWTH)));
-    let at = this.head + this.entries;
-    if (at >= this.capacity) at -= this.capacity;
-    const o = at * 4;
-    this.ids[o] = a;
-    this.ids[o + 1] = b;
-    this.ids[o + 2] = c;
-    this.ids[o + 3] = d;
-    this.expiries[at] = expiry;
-    this.entries++;
-    const slot = this.find(a, b, c, d);
+    if (this.old !== null) this.moveSome(this.size + 1 > this.slots.length * FULL ? Infinity : MOVE_PER_ADD);
+    else if (this.size + 1 > this.slots.length * MAX_LOAD) {
+      this.old = this.slots;
+      this.moved = 0;
+      this.slots = new Slots(Math.ceil(this.slots.length * GROWTH));
+    }
+    const seq = this.append(a, b, c, d, expiry);
+    const hash = idHash(a, b, c, d);
+    const slot = this.find(this.slots, a, b, c, d, hash);
     if (slot >= 0) {
-      this.slots[slot] = at + 1; // the older entry stays in the ring, superseded
+      this.slots.seqs[slot] = seq; // the older entry stays in the ring, superseded
       return;
     }
-    // Not held: the probe ended at the empty slot where it belongs.
-    this.slots[~slot] = at + 1;
-    this.hashes[~slot] = this.lastHash;
-    this.size++;
+    // Held in the old table: it moves to the new one now, renewed.
+    const before = this.old === null ? -1 : this.find(this.old, a, b, c, d, hash);
+    if (before >= 0) this.remove(this.old!, before);
+    else this.size++;
+    // The probe in the new table ended at the empty slot where the id belongs.
+    this.slots.seqs[~slot] = seq;
+    this.slots.hashes[~slot] = hash;
   }
 
   /** Subtracts `by` from every expiry (floored at 0): the owner's time base moved. */
   rebase(by: number): void {
-    for (let i = 0; i < this.capacity; i++) this.expiries[i] = Math.max(0, this.expiries[i]! - by);
+    for (const e of this.expiryBlocks) for (let i = 0; i < e.length; i++) e[i] = Math.max(0, e[i]! - by);
   }
 
   /** Drops the oldest ring entry; true when it was a live id whose expiry is past `passed`. */
   shift(passed: number): boolean {
-    const at = this.head;
-    this.head = at + 1 === this.capacity ? 0 : at + 1;
+    const ids = this.idBlocks[0]!;
+    const o = this.headAt * 4;
+    const a = ids[o]!;
+    const b = ids[o + 1]!;
+    const c = ids[o + 2]!;
+    const d = ids[o + 3]!;
+    const hash = idHash(a, b, c, d);
+    let t = this.slots;
+    let slot = this.find(t, a, b, c, d, hash);
+    if (slot < 0 && this.old !== null) slot = this.find((t = this.old), a, b, c, d, hash);
+    // A superseded entry (its id's slot names a later one) leaves the table as it is.
+    const live = slot >= 0 && t.seqs[slot] === this.headSeq;
+    const evicted = live && this.expiryBlocks[0]![this.headAt]! > passed;
+    if (live) {
+      this.remove(t, slot);
+      this.size--;
+    }
+    this.headSeq = (this.headSeq + 1) >>> 0;
     this.entries--;
-    const o = at * 4;
-    const slot = this.find(this.ids[o]!, this.ids[o + 1]!, this.ids[o + 2]!, this.ids[o + 3]!);
-    if (slot < 0 || this.slots[slot] !== at + 1) return false; // superseded
-    this.remove(slot);
-    this.size--;
-    return this.expiries[at]! > passed;
+    if (++this.headAt === BLOCK) {
+      this.idBlocks.shift();
+      this.expiryBlocks.shift();
+      this.headAt = 0;
+    }
+    return evicted;
   }
 
-  /** Hash of the id last hashed by `home`. */
-  private lastHash = 0;
+  /** Writes an entry at the ring's back; returns its number. */
+  private append(a: number, b: number, c: number, d: number, expiry: number): number {
+    const p = this.headAt + this.entries;
+    const block = p >>> BLOCK_BITS;
+    if (block === this.idBlocks.length) {
+      this.idBlocks.push(new Uint32Array(BLOCK * 4));
+      this.expiryBlocks.push(new Uint32Array(BLOCK));
+    }
+    const at = p & (BLOCK - 1);
+    const ids = this.idBlocks[block]!;
+    ids[at * 4] = a;
+    ids[at * 4 + 1] = b;
+    ids[at * 4 + 2] = c;
+    ids[at * 4 + 3] = d;
+    this.expiryBlocks[block]![at] = expiry;
+    return (this.headSeq + this.entries++) >>> 0;
+  }
 
-  /** The id's home slot; its hash is left in `lastHash`. */
-  private home(a: number, b: number, c: number, d: number): number {
-    this.lastHash = idHash(a, b, c, d);
-    return homeOf(this.lastHash, this.slots.length);
+  private expiryAt(seq: number): number {
+    const p = this.headAt + ((seq - this.headSeq) >>> 0);
+    return this.expiryBlocks[p >>> BLOCK_BITS]![p & (BLOCK - 1)]!;
   }
 
   /**
-   * The slot holding the id, or ~slot of the empty slot where its probe
-   * ended. The ring is read only where the slot's hash matches: a probe passes
-   * other ids without touching their 16 bytes (a cache miss each in a large table).
+   * The slot of `t` holding the id, or ~slot of the empty slot where its
+   * probe ended. The ring is read only where the slot's hash matches: a probe
+   * passes other ids without touching their 16 bytes (a cache miss each).
    */
-  private find(a: number, b: number, c: number, d: number): number {
-    const n = this.slots.length;
-    if (n === 0) return -1;
-    const ids = this.ids;
-    const slots = this.slots;
-    const hashes = this.hashes;
-    let i = this.home(a, b, c, d);
-    const hash = this.lastHash;
-    for (; ; i = i + 1 === n ? 0 : i + 1) {
-      const v = slots[i]!;
-      if (v === 0) return ~i;
-      if (hashes[i] !== hash) continue;
-      const o = (v - 1) * 4;
+  private find(t: Slots, a: number, b: number, c: number, d: number, hash: number): number {
+    const n = t.length;
+    const { seqs, hashes } = t;
+    for (let i = homeOf(hash, n); ; i = i + 1 === n ? 0 : i + 1) {
+      const h = hashes[i]!;
+      if (h === 0) return ~i;
+      if (h !== hash) continue;
+      const p = this.headAt + ((seqs[i]! - this.headSeq) >>> 0);
+      const ids = this.idBlocks[p >>> BLOCK_BITS]!;
+      const o = (p & (BLOCK - 1)) * 4;
       if (ids[o] === a && ids[o + 1] === b && ids[o + 2] === c && ids[o + 3] === d) return i;
     }
   }
 
   /** Backward-shift deletion: no tombstones, so lookups stay short however long the process runs. */
-  private remove(slot: number): void {
-    const n = this.slots.length;
+  private remove(t: Slots, slot: number): void {
+    const n = t.length;
+    const { seqs, hashes } = t;
     let hole = slot;
-    for (let j = hole + 1 === n ? 0 : hole + 1; this.slots[j] !== 0; j = j + 1 === n ? 0 : j + 1) {
-      if (staysPut(hole, j, homeOf(this.hashes[j]!, n))) continue;
-      this.slots[hole] = this.slots[j]!;
-      this.hashes[hole] = this.hashes[j]!;
+    for (let j = hole + 1 === n ? 0 : hole + 1; hashes[j] !== 0; j = j + 1 === n ? 0 : j + 1) {
+      if (staysPut(hole, j, homeOf(hashes[j]!, n))) continue;
+      seqs[hole] = seqs[j]!;
+      hashes[hole] = hashes[j]!;
       hole = j;
     }
-    this.slots[hole] = 0;
+    hashes[hole] = 0;
   }
 
   /**
-   * Copies the ring in order into new arrays and rebuilds the table from the
-   * old one (amortised O(1) per add). Both arrays are read and written front
-   * to back: a slot's home is its hash's top bits, so the old table's order is
-   * nearly the new one's, and the ring is never read.
+   * Moves at least `atLeast` slots of the old table to the new one, and on
+   * to the end of a cluster: an old slot below `moved` is always empty, so a
+   * probe of the old table that starts there finds nothing (its id moved),
+   * and one that starts above never crosses into the moved part.
    */
-  private resize(capacity: number): void {
-    const ids = new Uint32Array(capacity * 4);
-    const expiries = new Uint32Array(capacity);
-    // The ring is at most two runs: head to the end of the arrays, then from their start.
-    const run = Math.min(this.entries, this.capacity - this.head);
-    ids.set(this.ids.subarray(this.head * 4, (this.head + run) * 4));
-    ids.set(this.ids.subarray(0, (this.entries - run) * 4), run * 4);
-    expiries.set(this.expiries.subarray(this.head, this.head + run));
-    expiries.set(this.expiries.subarray(0, this.entries - run), run);
-    const { slots: oldSlots, hashes: oldHashes, head, capacity: oldCapacity } = this;
-    this.ids = ids;
-    this.expiries = expiries;
-    this.capacity = capacity;
-    this.head = 0;
-    const slots = (this.slots = new Int32Array(Math.ceil(capacity / MAX_LOAD)));
-    const hashes = (this.hashes = new Uint32Array(slots.length));
-    const n = slots.length;
-    for (let j = 0; j < oldSlots.length; j++) {
-      const v = oldSlots[j]!;
-      if (v === 0) continue;
-      const h = oldHashes[j]!;
-      let i = homeOf(h, n);
-      while (slots[i] !== 0) i = i + 1 === n ? 0 : i + 1;
-      const at = v - 1 - head; // where the entry moved in the ring
-      slots[i] = (at < 0 ? at + oldCapacity : at) + 1;
-      hashes[i] = h;
+  private moveSome(atLeast: number): void {
+    const old = this.old!;
+    const { seqs, hashes } = this.slots;
+    const n = this.slots.length;
+    let i = this.moved;
+    for (let count = 0; i < old.length && (count < atLeast || old.hashes[i] !== 0); i++, count++) {
+      const h = old.hashes[i]!;
+      if (h === 0) continue;
+      let j = homeOf(h, n);
+      while (hashes[j] !== 0) j = j + 1 === n ? 0 : j + 1;
+      seqs[j] = old.seqs[i]!;
+      hashes[j] = h;
+      old.hashes[i] = 0;
     }
+    this.moved = i;
+    if (i === old.length) this.old = null;
   }
 }
 
@@ -475,11 +517,11 @@ function staysPut(hole: number, j: number, k: number): boolean {
   return hole <= j ? hole < k && k <= j : hole < k || k <= j;
 }
 
-/** A 32-bit hash of a 128-bit id. */
+/** A 32-bit hash of a 128-bit id, never 0 (IdTable's mark of an empty slot). */
 function idHash(a: number, b: number, c: number, d: number): number {
   let h = Math.imul(a ^ Math.imul(b, 0x85ebca6b) ^ Math.imul(c, 0xc2b2ae35) ^ Math.imul(d, 0x27d4eb2f), 0x9e3779b1);
   h ^= h >>> 15;
-  return h >>> 0;
+  return h >>> 0 || 1;
 }
 
 /** The home slot of a hash in a table of `n` slots: its top bits (the multiply-shift range reduction). */

@@ -5,7 +5,7 @@
  * false "seen" drops an event, a false "unseen" stores a duplicate.
  */
 import { describe, expect, test } from "bun:test";
-import { DedupIndex } from "../src/dedup.ts";
+import { DedupIndex, IdTable } from "../src/dedup.ts";
 import { parseUuid } from "../src/events.ts";
 import { storedId } from "../src/record.ts";
 import { rng } from "./support/rng.ts";
@@ -205,4 +205,65 @@ test("parseUuid takes exactly the UUID shape", () => {
   }
   expect(parseUuid("FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF", w)).toBe(true);
   expect([...w]).toEqual([0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff]);
+});
+
+describe("the id table against a model, through its growth", () => {
+  test("adds, renewals, shifts from the front and lookups while the table grows a few slots at a time", () => {
+    const r = rng(21);
+    const table = new IdTable();
+    const ring: { id: number[]; expiry: number }[] = []; // the model: entries in order
+    let head = 0;
+    const latest = new Map<string, number>(); // id -> index in ring of its newest entry
+    const key = (w: number[]) => w.join(",");
+    const fresh = () => [0, 0, 0, 0].map(() => Math.floor(r() * 2 ** 32));
+    const held: number[][] = [];
+    let grown = 0;
+    let bytes = table.bytes;
+    for (let step = 0; step < 300_000; step++) {
+      const x = r();
+      if (step % 100_000 === 99_999) {
+        // Drained to empty now and then: the ring's last block goes, and the table empties while it may be growing.
+        while (head < ring.length) {
+          const { id, expiry } = ring[head]!;
+          const live = latest.get(key(id)) === head;
+          if (live) latest.delete(key(id));
+          expect(table.shift(step)).toBe(live && expiry > step);
+          head++;
+        }
+        expect(table.size).toBe(0);
+      } else if (x < 0.62 || head === ring.length) {
+        // A new id, or a renewal of one held (it may sit in the table being emptied).
+        const id = held.length > 0 && r() < 0.25 ? held[Math.floor(r() * held.length)]! : fresh();
+        if (!latest.has(key(id))) held.push(id);
+        const expiry = step;
+        table.add(id[0]!, id[1]!, id[2]!, id[3]!, expiry);
+        latest.set(key(id), ring.length);
+        ring.push({ id, expiry });
+      } else {
+        const { id, expiry } = ring[head]!;
+        const live = latest.get(key(id)) === head;
+        if (live) latest.delete(key(id));
+        const passed = step - 1000;
+        expect(table.shift(passed)).toBe(live && expiry > passed);
+        head++;
+        // Gone from both tables, whichever it was in.
+        if (live && !latest.has(key(id))) expect(table.expiryOf(id[0]!, id[1]!, id[2]!, id[3]!)).toBe(-1);
+      }
+      if (table.bytes > bytes) grown++;
+      bytes = table.bytes;
+      expect(table.size).toBe(latest.size);
+      expect(table.entries).toBe(ring.length - head);
+      if (step % 7 === 0) {
+        // Ids held answer their newest expiry; ids gone or never added answer -1.
+        const id = r() < 0.7 && held.length > 0 ? held[Math.floor(r() * held.length)]! : fresh();
+        const at = latest.get(key(id));
+        expect(table.expiryOf(id[0]!, id[1]!, id[2]!, id[3]!)).toBe(at === undefined ? -1 : ring[at]!.expiry);
+      }
+    }
+    expect(grown).toBeGreaterThan(10);
+    // The snapshot holds each live id once, oldest first, with its expiry.
+    const out = table.export();
+    const want = ring.slice(head).filter((e, i) => latest.get(key(e.id)) === head + i).flatMap((e) => [...e.id, e.expiry]);
+    expect([...out]).toEqual(want);
+  }, 60_000);
 });
