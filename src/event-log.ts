@@ -1,5 +1,5 @@
 import {
-  closeSync, constants, fdatasyncSync, fsyncSync, fstatSync, ftruncateSync, mkdirSync, openSync, readdirSync, readSync, statSync, unlinkSync, writeSync, writev, writevSync,
+  closeSync, constants, fdatasyncSync, fsync, fsyncSync, fstatSync, ftruncateSync, mkdirSync, openSync, readdirSync, readSync, statSync, unlinkSync, writeSync, writev, writevSync,
 } from "node:fs";
 import { join } from "node:path";
 import { frame, isIntactLine, unframe } from "./record.ts";
@@ -68,6 +68,8 @@ export interface LogHooks {
   onDurable?: (records: number) => void;
   /** The group commit's durable write (node:fs writev on the O_DSYNC segment); tests pass a spy to prove no append resolves before its write returned. */
   writev?: (fd: number, buffers: Buffer[], callback: (err: NodeJS.ErrnoException | null, written: number) => void) => void;
+  /** The fsync of the data dir that makes a new segment's entry durable (node:fs fsync); tests pass a spy, as for writev. */
+  fsyncDir?: (fd: number, callback: (err: NodeJS.ErrnoException | null) => void) => void;
 }
 
 interface Pending {
@@ -185,8 +187,10 @@ export class EventLog {
   private queue: Pending[] = [];
   private queuedBytes = 0;
   private scheduled = false;
-  /** A group's durable write is running on the thread pool. */
+  /** A group's durable write, or the directory's fsync, is running on the thread pool. */
   private syncing = false;
+  /** A new segment's directory entry is not durable yet: the next group waits for the directory's fsync. */
+  private dirPending = false;
   private syncingBytes = 0;
   /** Called once the group in flight has settled (close() waits for it). */
   private idleWaiters: (() => void)[] = [];
@@ -326,6 +330,7 @@ export class EventLog {
   private flush(): void {
     this.scheduled = false;
     if (this.syncing || this.queue.length === 0) return;
+    if (this.dirPending) return this.syncDirThen(() => this.flush());
     const group = this.takeQueue();
     const started = performance.now();
     try {
@@ -345,9 +350,7 @@ export class EventLog {
       this.syncingBytes = 0;
       if (err) this.settle(group, err);
       else this.commit(group, size, started);
-      const waiters = this.idleWaiters;
-      this.idleWaiters = [];
-      for (const w of waiters) w();
+      this.wakeIdle();
       this.flush();
     };
     const writeRest = () =>
@@ -359,6 +362,32 @@ export class EventLog {
         done(null);
       });
     writeRest();
+  }
+
+  /**
+   * Makes the directory entry of the segment just started durable on the
+   * thread pool (no request waits on the event loop for it), then `next`.
+   * If it fails, what is queued fails with it (nothing of it was written) and
+   * the next flush tries again.
+   */
+  private syncDirThen(next: () => void): void {
+    this.syncing = true;
+    (this.hooks.fsyncDir ?? fsync)(this.dirFd(), (err) => {
+      this.syncing = false;
+      if (err) {
+        const group = this.takeQueue();
+        this.lastFailure = err;
+        for (const p of group) p.reject(err);
+      } else this.dirPending = false;
+      this.wakeIdle();
+      if (!err) next();
+    });
+  }
+
+  private wakeIdle(): void {
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const w of waiters) w();
   }
 
   private takeQueue(): Pending[] {
@@ -403,6 +432,7 @@ export class EventLog {
     const group = this.takeQueue();
     const started = performance.now();
     try {
+      if (this.dirPending) this.syncDir();
       const bytes = this.writeSync(group); // O_DSYNC: durable when it returns
       this.commit(group, bytes, started);
     } catch (err) {
@@ -552,6 +582,8 @@ export class EventLog {
     this.flushSync();
     if (this.fd !== null) closeSync(this.fd);
     this.fd = null;
+    if (this.dirDescriptor !== null) closeSync(this.dirDescriptor);
+    this.dirDescriptor = null;
   }
 
   /**
@@ -578,18 +610,21 @@ export class EventLog {
     this.closedCount++;
     this.seq++;
     this.durableSize = 0; // also right if opening fails: the next write retries this new, empty segment
+    this.dirPending = true; // its records are acknowledged only once its directory entry is durable (see flush)
     this.openSegment();
-    this.syncDir();
   }
 
-  /** Makes a new segment's directory entry durable, so its synced records survive a power loss. */
+  /** Makes a new segment's directory entry durable, so its synced records survive a power loss (start-up, shutdown). */
   private syncDir(): void {
-    const fd = openSync(this.dir, "r");
-    try {
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
+    fsyncSync(this.dirFd());
+    this.dirPending = false;
+  }
+
+  private dirDescriptor: number | null = null;
+
+  /** The data dir, open for fsync from the first segment to close(). */
+  private dirFd(): number {
+    return (this.dirDescriptor ??= openSync(this.dir, "r"));
   }
 
   private fail(err: Error): void {

@@ -9,7 +9,7 @@
  * and for every acknowledged event, writev(record) returned -> sendto("HTTP/1.1 202").
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import { constants, readFileSync, writeSync, writev } from "node:fs";
+import { constants, fstatSync, fsync, readFileSync, statSync, writeSync, writev } from "node:fs";
 import { join } from "node:path";
 import { EventLog } from "../src/event-log.ts";
 import { frame } from "../src/record.ts";
@@ -51,6 +51,37 @@ describe("group commit: an append resolves only after its durable write returned
     await second;
     expect(done).toEqual(["first", "second"]);
     expect(readFileSync(log.segmentPath, "utf8")).toContain('{"n":3');
+    await log.close();
+  });
+
+  test("a new segment's records are acknowledged only after the directory's fsync returned (on the thread pool, not the event loop)", async () => {
+    const dirSyncs: { fd: number; release: () => void }[] = [];
+    const writes: number[] = [];
+    const log = EventLog.open(tempDir(), { ...LIMITS, segmentBytes: 64 }, {
+      fsyncDir: (fd, cb) => dirSyncs.push({ fd, release: () => fsync(fd, cb) }),
+      writev: (fd, parts, cb) => {
+        writes.push(parts.length);
+        writev(fd, parts, cb);
+      },
+    });
+    const first = log.segmentPath;
+    // The first group fills the 64-byte segment: the log moves to a new one after it.
+    await log.append(['{"n":1,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}']);
+    expect(log.segmentPath).not.toBe(first);
+    let acked = false;
+    const second = log.append(['{"n":2}']).then(() => (acked = true));
+    await tick();
+    expect(dirSyncs.length).toBe(1); // the directory's fsync started...
+    expect(writes.length).toBe(1); // ...and the group waits for it: not even written
+    expect(acked).toBe(false);
+    expect(fstatSync(dirSyncs[0]!.fd).ino).toBe(statSync(log.dir).ino); // the data dir's own entry list
+    dirSyncs[0]!.release();
+    await second;
+    expect(writes.length).toBe(2);
+    expect(readFileSync(log.segmentPath, "utf8")).toContain('{"n":2');
+    // One fsync per new segment: the next group in it does not wait again.
+    await log.append(['{"n":3}']);
+    expect(dirSyncs.length).toBe(1);
     await log.close();
   });
 
