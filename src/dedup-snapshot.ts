@@ -1,4 +1,4 @@
-import { closeSync, fsyncSync, openSync, readFileSync, renameSync, unlinkSync, writeSync } from "node:fs";
+import { closeSync, fstatSync, fsyncSync, openSync, readSync, renameSync, unlinkSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { crc32 } from "node:zlib";
 import type { LogPosition } from "./event-log.ts";
@@ -22,7 +22,9 @@ const MAGIC = "PFDEDUP2";
 const HEADER_BYTES = 48;
 
 export interface Snapshot {
-  ids: Uint32Array;
+  /** The entries, 5 words each, read from the file a chunk at a time (each chunk's view is reused by the next). */
+  chunks: () => Generator<Uint32Array>;
+  count: number;
   base: number;
   windowSec: number;
   position: LogPosition;
@@ -51,37 +53,75 @@ export function writeSnapshot(dataDir: string, { words: ids, base }: { words: Ui
   renameSync(tmp, join(dataDir, FILE));
 }
 
-/** The snapshot, removed from the disk; null when there is none or it is damaged (then the log is read instead). */
+/** Entries read per chunk (1 MiB of them): a snapshot of ten million ids is never in memory whole. */
+const CHUNK_ENTRIES = 52_428;
+
+/**
+ * The snapshot, removed from the disk; null when there is none or it is
+ * damaged (then the log is read instead). Its CRC is checked in a first pass
+ * over the file, a chunk at a time; `chunks()` reads it again (from the page
+ * cache) for the import, so neither pass holds more than one chunk.
+ */
 export function takeSnapshot(dataDir: string): Snapshot | null {
   const path = join(dataDir, FILE);
-  let buf: Buffer;
+  let fd: number;
   try {
-    buf = readFileSync(path);
+    fd = openSync(path, "r");
   } catch {
     return null;
   }
   try {
-    unlinkSync(path);
+    unlinkSync(path); // the open descriptor still reads it
   } catch {
+    closeSync(fd);
     return null; // a snapshot that cannot be removed could be loaded again after a crash: ignore it
   }
-  if (buf.length < HEADER_BYTES || buf.toString("latin1", 0, 8) !== MAGIC) return null;
-  const count = buf.readUInt32LE(8);
-  if (buf.length !== HEADER_BYTES + count * 20) return null;
-  const body = buf.subarray(HEADER_BYTES);
-  if (crc32(body) !== buf.readUInt32LE(12)) return null;
-  // A view when the words are aligned (a large file is read into its own buffer), else a copy:
-  // a million ids are 20 MB, and a second copy stays in the resident set after start-up.
-  let ids: Uint32Array;
-  if (body.byteOffset % 4 === 0) ids = new Uint32Array(body.buffer, body.byteOffset, count * 5);
-  else {
-    ids = new Uint32Array(count * 5);
-    new Uint8Array(ids.buffer).set(body);
-  }
-  return {
-    ids,
-    base: buf.readDoubleLE(40),
-    windowSec: buf.readUInt32LE(16),
-    position: { segment: buf.readDoubleLE(24), offset: buf.readDoubleLE(32) },
+  const header = Buffer.alloc(HEADER_BYTES);
+  const chunk = new Uint32Array(CHUNK_ENTRIES * 5);
+  const bytes = new Uint8Array(chunk.buffer);
+  /** Reads `length` bytes at `position` into `into`; false when the file ends first. */
+  const readAll = (into: Uint8Array, length: number, position: number) => {
+    for (let got = 0; got < length; ) {
+      const n = readSync(fd, into, got, length - got, position + got);
+      if (n === 0) return false;
+      got += n;
+    }
+    return true;
   };
+  const entries = function* (count: number) {
+    for (let done = 0; done < count; ) {
+      const n = Math.min(CHUNK_ENTRIES, count - done);
+      if (!readAll(bytes, n * 20, HEADER_BYTES + done * 20)) throw new Error("the dedup snapshot ended early");
+      yield chunk.subarray(0, n * 5);
+      done += n;
+    }
+  };
+  try {
+    if (!readAll(header, HEADER_BYTES, 0) || header.toString("latin1", 0, 8) !== MAGIC) return close(fd);
+    const count = header.readUInt32LE(8);
+    if (fstatSync(fd).size !== HEADER_BYTES + count * 20) return close(fd);
+    let crc = 0;
+    for (const words of entries(count)) crc = crc32(new Uint8Array(words.buffer, words.byteOffset, words.byteLength), crc);
+    if (crc !== header.readUInt32LE(12)) return close(fd);
+    return {
+      chunks: function* () {
+        try {
+          yield* entries(count);
+        } finally {
+          closeSync(fd);
+        }
+      },
+      count,
+      base: header.readDoubleLE(40),
+      windowSec: header.readUInt32LE(16),
+      position: { segment: header.readDoubleLE(24), offset: header.readDoubleLE(32) },
+    };
+  } catch {
+    return close(fd);
+  }
+}
+
+function close(fd: number): null {
+  closeSync(fd);
+  return null;
 }

@@ -183,16 +183,19 @@ export class DedupIndex {
     return { words: this.table.export(), base: this.base };
   }
 
-  /** Start-up from a snapshot: `shiftMs` moves every expiry (the window changed since it was written). */
-  importIds(words: Uint32Array, base: number, shiftMs = 0, now = Date.now()): void {
-    const n = words.length / 5;
-    this.table.reserve(Math.min(this.maxIds, n));
-    for (let i = 0; i < n; i++) {
-      const expiryMs = base + words[i * 5 + 4]! * TICK_MS + shiftMs;
-      if (expiryMs <= now) continue;
-      const o = i * 5;
-      this.makeRoom(now);
-      this.table.add(words[o]!, words[o + 1]!, words[o + 2]!, words[o + 3]!, this.tick(expiryMs));
+  /**
+   * Start-up from a snapshot of `count` ids, read in chunks of 5 words per id
+   * (exportIds' form): `shiftMs` moves every expiry (the window changed since it was written).
+   */
+  importIds(chunks: Iterable<Uint32Array>, count: number, base: number, shiftMs = 0, now = Date.now()): void {
+    this.table.reserve(Math.min(this.maxIds, count));
+    for (const words of chunks) {
+      for (let o = 0; o < words.length; o += 5) {
+        const expiryMs = base + words[o + 4]! * TICK_MS + shiftMs;
+        if (expiryMs <= now) continue;
+        this.makeRoom(now);
+        this.table.add(words[o]!, words[o + 1]!, words[o + 2]!, words[o + 3]!, this.tick(expiryMs));
+      }
     }
     this.prune(now);
   }

@@ -99,13 +99,18 @@ export async function serve(configFile: string | undefined): Promise<void> {
   const dedup = new DedupIndex(config.dedupWindowMs, config.dedupMaxIds, (n) => metrics.dedupEvicted.inc(n));
   // A clean shutdown left the window in a snapshot: load it and read only the records written after it.
   const snapshot = takeSnapshot(config.dataDir);
+  let from: "snapshot" | "log" = "log";
   if (snapshot !== null) {
-    dedup.importIds(snapshot.ids, snapshot.base, config.dedupWindowMs - snapshot.windowSec * 1000);
-    dedup.restore(idsSince(log, snapshot.position, config.dedupWindowMs));
-  } else {
-    dedup.restore(idsFromLog(log, config.dedupWindowMs));
+    try {
+      dedup.importIds(snapshot.chunks(), snapshot.count, snapshot.base, config.dedupWindowMs - snapshot.windowSec * 1000);
+      from = "snapshot";
+    } catch {
+      // Unreadable part-way (its CRC was checked): the log holds every id of the window.
+    }
   }
-  const restored = { length: dedup.size, from: snapshot !== null ? "snapshot" : "log" };
+  if (from === "snapshot") dedup.restore(idsSince(log, snapshot!.position, config.dedupWindowMs));
+  else dedup.restore(idsFromLog(log, config.dedupWindowMs));
+  const restored = { length: dedup.size, from };
   if (config.forwardRedisUrl !== null) {
     try {
       forwarder = Forwarder.open({

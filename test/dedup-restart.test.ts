@@ -7,6 +7,8 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { DedupIndex } from "../src/dedup.ts";
+import { takeSnapshot, writeSnapshot } from "../src/dedup-snapshot.ts";
 import { BATCH, event, post, startServer, stopAll, tempDir } from "./support/harness.ts";
 
 afterAll(stopAll);
@@ -83,5 +85,37 @@ describe("duplicate window across restarts", () => {
     const second = await startServer({ dataDir, env: { PAYFLUX_DEDUP_WINDOW: "2s" } });
     expect(started(second)).toMatchObject({ dedup_ids_restored: 0, dedup_restored_from: "snapshot" });
     expect((await sendBatch(second, events)).body.accepted).toBe(10);
+  });
+});
+
+describe("the snapshot file, in-process", () => {
+  test("a window of more ids than one read chunk goes out and back whole, and a damaged last chunk rejects all of it", async () => {
+    const dataDir = tempDir();
+    const source = new DedupIndex(86_400_000, 10_000_000);
+    const n = 130_000; // two and a half chunks of 52,428
+    const ids = Array.from({ length: n }, () => crypto.randomUUID());
+    source.commit(await source.claim(ids));
+    const exported = source.exportIds();
+    writeSnapshot(dataDir, exported, 86_400_000, { segment: 3, offset: 42 });
+    const path = join(dataDir, "dedup.snapshot");
+    const saved = readFileSync(path);
+
+    const snap = takeSnapshot(dataDir)!;
+    expect(existsSync(path)).toBe(false);
+    expect(snap.count).toBe(n);
+    expect(snap.position).toEqual({ segment: 3, offset: 42 });
+    const restored = new DedupIndex(86_400_000, 10_000_000);
+    restored.importIds(snap.chunks(), snap.count, snap.base);
+    expect(restored.size).toBe(n);
+    // The same ids in the same order, with the same expiries (in ms: each index counts ticks from its own base).
+    const asMs = ({ words, base }: { words: Uint32Array; base: number }) => Array.from(words, (w, i) => (i % 5 === 4 ? base + w * 10 : w));
+    expect(asMs(restored.exportIds())).toEqual(asMs(exported));
+    expect((await restored.claim(ids.slice(-5))).duplicates).toBe(5);
+
+    saved[saved.length - 1]! ^= 1;
+    writeFileSync(path, saved);
+    expect(takeSnapshot(dataDir)).toBeNull();
+    writeFileSync(path, saved.subarray(0, saved.length - 20)); // an entry short
+    expect(takeSnapshot(dataDir)).toBeNull();
   });
 });
