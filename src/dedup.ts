@@ -24,7 +24,7 @@ export class DedupIndex {
   /** Ids being written, each with the number of the claim that holds it. */
   private readonly inflight = new InflightIds();
   /** Settles when the claim of that number commits or releases (requests waiting on its ids). */
-  private readonly holders = new Map<number, { settled: Promise<void>; wake: () => void }>();
+  private readonly holders = new Map<number, { claim: Claim; settled: Promise<void>; wake: () => void }>();
   private lastOwner = 0;
   private readonly words = new Uint32Array(4);
   /** Expiries are held as 10 ms ticks after this time (ms), so 32 bits last 497 days; see tick(). */
@@ -113,8 +113,9 @@ export class DedupIndex {
         if (taken === 0) return { owned, duplicates: n, words, owner: 0 };
         let wake!: () => void;
         const settled = new Promise<void>((resolve) => (wake = resolve));
-        this.holders.set(owner, { settled, wake });
-        return { owned, duplicates: n - taken, words, owner };
+        const claim = { owned, duplicates: n - taken, words, owner };
+        this.holders.set(owner, { claim, settled, wake });
+        return claim;
       }
       // Held elsewhere: let go of what this claim took, wait for that request, and look again.
       for (let i = 0; i < n; i++) if (owned[i]) this.inflight.delete(words, i * 4);
@@ -147,10 +148,12 @@ export class DedupIndex {
     this.settle(claim);
   }
 
+  /** Once per claim: a release after a commit (something failed after it) changes nothing. */
   private settle(claim: Claim): void {
-    if (claim.owner === 0) return;
+    const holder = this.holders.get(claim.owner);
+    if (holder?.claim !== claim) return; // settled already (its number may be another claim's by now)
     for (let i = 0; i < claim.owned.length; i++) if (claim.owned[i]) this.inflight.delete(claim.words, i * 4);
-    this.holders.get(claim.owner)!.wake();
+    holder.wake();
     this.holders.delete(claim.owner);
   }
 

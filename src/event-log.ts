@@ -191,6 +191,8 @@ export class EventLog {
   private syncing = false;
   /** A new segment's directory entry is not durable yet: the next group waits for the directory's fsync. */
   private dirPending = false;
+  /** A directory fsync failed since the current segment was created. */
+  private dirSuspect = false;
   private syncingBytes = 0;
   /** Called once the group in flight has settled (close() waits for it). */
   private idleWaiters: (() => void)[] = [];
@@ -238,6 +240,7 @@ export class EventLog {
       }
     }
     const log = new EventLog(dir, limits, hooks, recovery);
+    log.dirFd(); // opened now: a failure to open the data dir belongs to start-up, not to a rollover
     log.seq = seq;
     log.openSegment(segments.length > 0 ? durableSize : undefined);
     if (segments.length === 0) log.syncDir();
@@ -330,15 +333,16 @@ export class EventLog {
   private flush(): void {
     this.scheduled = false;
     if (this.syncing || this.queue.length === 0) return;
+    try {
+      // First the file (a failed rollover may have left none), then its directory entry's fsync.
+      if (this.fd === null) this.openSegment(this.durableSize);
+    } catch (err) {
+      this.settle(this.takeQueue(), err as Error);
+      return;
+    }
     if (this.dirPending) return this.syncDirThen(() => this.flush());
     const group = this.takeQueue();
     const started = performance.now();
-    try {
-      if (this.fd === null) this.openSegment(this.durableSize);
-    } catch (err) {
-      this.settle(group, err as Error);
-      return;
-    }
     const fd = this.fd!;
     // One writev of the appends' own buffers: concatenating them first cost a copy and a large allocation per group.
     let parts = group.map((p) => p.data);
@@ -371,17 +375,37 @@ export class EventLog {
    * the next flush tries again.
    */
   private syncDirThen(next: () => void): void {
+    let dirFd: number;
+    try {
+      dirFd = this.dirFd();
+    } catch (err) {
+      return this.dirSyncFailed(err as Error);
+    }
     this.syncing = true;
-    (this.hooks.fsyncDir ?? fsync)(this.dirFd(), (err) => {
+    (this.hooks.fsyncDir ?? fsync)(dirFd, (err) => {
       this.syncing = false;
-      if (err) {
-        const group = this.takeQueue();
-        this.lastFailure = err;
-        for (const p of group) p.reject(err);
+      if (err) this.dirSyncFailed(err);
+      else if (this.dirSuspect) {
+        // A success after a failure proves nothing on Linux (the failed change may be gone):
+        // the records go to a segment whose entry a later fsync covers whole.
+        this.dirSuspect = false;
+        try {
+          this.rollover();
+        } catch (e) {
+          this.fail(e as Error);
+        }
       } else this.dirPending = false;
       this.wakeIdle();
       if (!err) next();
     });
+  }
+
+  /** What is queued fails (none of it was written); the next flush tries again, on a new segment (see syncDirThen). */
+  private dirSyncFailed(err: Error): void {
+    this.lastFailure = err;
+    this.dirSuspect = true;
+    for (const p of this.takeQueue()) p.reject(err);
+    this.wakeIdle();
   }
 
   private wakeIdle(): void {
@@ -432,6 +456,7 @@ export class EventLog {
     const group = this.takeQueue();
     const started = performance.now();
     try {
+      if (this.fd === null) this.openSegment(this.durableSize);
       if (this.dirPending) this.syncDir();
       const bytes = this.writeSync(group); // O_DSYNC: durable when it returns
       this.commit(group, bytes, started);

@@ -138,6 +138,22 @@ describe("DedupIndex matches a Map model", () => {
     expect(dedup.size).toBe(seen.size);
   });
 
+  test("a release after the commit (something failed after it) changes nothing, and leaves other requests' ids held", async () => {
+    const dedup = new DedupIndex(60_000, 100);
+    const [x, y] = [crypto.randomUUID(), crypto.randomUUID()];
+    const a = await dedup.claim([x]);
+    dedup.commit(a);
+    const b = await dedup.claim([y]); // in flight
+    expect(() => dedup.release(a)).not.toThrow();
+    let waited = false;
+    const c = dedup.claim([y]).then((claim) => ((waited = true), claim));
+    await new Promise((r) => setTimeout(r, 10));
+    expect(waited).toBe(false); // y is still b's
+    dedup.commit(b);
+    expect((await c).owned).toEqual([false]);
+    expect((await dedup.claim([x])).owned).toEqual([false]); // x stays remembered
+  });
+
   test("only UUIDs are ids", () => {
     const w = new Uint32Array(4);
     expect(parseUuid("123e4567-e89b-12d3-a456-426614174000", w)).toBe(true);

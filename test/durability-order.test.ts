@@ -9,9 +9,9 @@
  * and for every acknowledged event, writev(record) returned -> sendto("HTTP/1.1 202").
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import { constants, fstatSync, fsync, readFileSync, statSync, writeSync, writev } from "node:fs";
+import { constants, existsSync, fstatSync, fsync, mkdirSync, readFileSync, rmdirSync, statSync, writeSync, writev } from "node:fs";
 import { join } from "node:path";
-import { EventLog } from "../src/event-log.ts";
+import { EventLog, segmentName } from "../src/event-log.ts";
 import { frame } from "../src/record.ts";
 import { event, post, SINGLE, startServer, stopAll, tempDir } from "./support/harness.ts";
 
@@ -82,6 +82,51 @@ describe("group commit: an append resolves only after its durable write returned
     // One fsync per new segment: the next group in it does not wait again.
     await log.append(['{"n":3}']);
     expect(dirSyncs.length).toBe(1);
+    await log.close();
+  });
+
+  test("a segment the rollover could not create is created before the directory's fsync that covers it", async () => {
+    const dir = tempDir();
+    const atFsync: boolean[] = [];
+    const log = EventLog.open(dir, { ...LIMITS, segmentBytes: 64 }, {
+      fsyncDir: (fd, cb) => {
+        atFsync.push(existsSync(log.segmentPath) && statSync(log.segmentPath).isFile());
+        fsync(fd, cb);
+      },
+    });
+    // The next segment's name is taken by a directory: the rollover cannot create the file (EISDIR).
+    const next = join(dir, segmentName(2));
+    mkdirSync(next);
+    await log.append(['{"n":1,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}']);
+    expect(log.segmentPath).toBe(next);
+    rmdirSync(next);
+    await log.append(['{"n":2}']);
+    expect(readFileSync(next, "utf8")).toContain('{"n":2');
+    expect(atFsync).toEqual([true]);
+    await log.close();
+  });
+
+  test("after a failed directory fsync the queued group fails, and the next goes to a new segment whose entry a later fsync covers", async () => {
+    const results: (Error | null)[] = [];
+    const log = EventLog.open(tempDir(), { ...LIMITS, segmentBytes: 64 }, {
+      fsyncDir: (fd, cb) => {
+        const err = results.length === 0 ? Object.assign(new Error("EIO"), { code: "EIO" }) : null;
+        results.push(err);
+        if (err) setImmediate(() => cb(err));
+        else fsync(fd, cb);
+      },
+    });
+    await log.append(['{"n":1,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}']);
+    const second = log.segmentPath;
+    await expect(log.append(['{"n":2}'])).rejects.toThrow("EIO");
+    expect(log.writable).toBe(false);
+    await log.append(['{"n":3}']);
+    // The fsync that followed the failure succeeded, and is not trusted: n=3 is in the segment after.
+    expect(log.segmentPath).not.toBe(second);
+    expect(readFileSync(second, "utf8")).toBe("");
+    expect(readFileSync(log.segmentPath, "utf8")).toContain('{"n":3');
+    expect(results.length).toBe(3);
+    expect(log.writable).toBe(true);
     await log.close();
   });
 
