@@ -203,7 +203,7 @@ export class KeyRing {
     }
     if (n > INDEX_SPAN) {
       // Beyond the packed form's reach.
-      const entries = list.sort((a, b) => (a.digest < b.digest ? -1 : 1));
+      const entries = list.sort(byDigest);
       return { entries, prefixes: Uint32Array.from(entries, (e) => digestPrefix(e.digest)) };
     }
     order.sort();
@@ -222,7 +222,7 @@ export class KeyRing {
         prefixes[j] = p;
       }
       if (j - i > 1) {
-        const run = entries.slice(i, j).sort((a, b) => (a.digest < b.digest ? -1 : 1));
+        const run = entries.slice(i, j).sort(byDigest);
         for (let k = i; k < j; k++) entries[k] = run[k - i]!;
       }
       i = j;
@@ -282,6 +282,11 @@ export function digestPrefix(digest: string): number {
     p = p * 16 + (c <= 0x39 ? c - 0x30 : c - 0x57);
   }
   return p;
+}
+
+/** Digest order of two entries (digests are unique within a ring). */
+function byDigest(a: KeyEntry, b: KeyEntry): number {
+  return a.digest < b.digest ? -1 : 1;
 }
 
 /** Room below a digest prefix for an entry's index in sortByDigest's packed form (2^28 * 2^25 < 2^53). */

@@ -298,12 +298,25 @@ export class IdTable {
   /** Expiry of an id, or -1 when it is not held. */
   expiryOf(a: number, b: number, c: number, d: number): number {
     if (this.size === 0) return -1;
-    const hash = idHash(a, b, c, d);
-    let slot = this.find(this.slots, a, b, c, d, hash);
-    if (slot >= 0) return this.expiryAt(this.slots.seqs[slot]!);
-    if (this.old === null) return -1;
-    slot = this.find(this.old, a, b, c, d, hash);
-    return slot >= 0 ? this.expiryAt(this.old.seqs[slot]!) : -1;
+    const slot = this.locate(a, b, c, d, idHash(a, b, c, d));
+    if (slot < 0) return -1;
+    const p = this.position(this.located.seqs[slot]!);
+    return this.expiryBlocks[p >>> BLOCK_BITS]![p & (BLOCK - 1)]!;
+  }
+
+  /** The table that held the id `locate` found last. */
+  private located = this.slots;
+
+  /** The id's slot in whichever table holds it (left in `located`), or -1. */
+  private locate(a: number, b: number, c: number, d: number, hash: number): number {
+    const slot = this.find((this.located = this.slots), a, b, c, d, hash);
+    if (slot >= 0 || this.old === null) return slot;
+    return this.find((this.located = this.old), a, b, c, d, hash);
+  }
+
+  /** An entry's place counted from the start of the first block. */
+  private position(seq: number): number {
+    return this.headAt + ((seq - this.headSeq) >>> 0);
   }
 
   oldestExpiry(): number {
@@ -347,10 +360,8 @@ export class IdTable {
     const b = ids[o + 1]!;
     const c = ids[o + 2]!;
     const d = ids[o + 3]!;
-    const hash = idHash(a, b, c, d);
-    let t = this.slots;
-    let slot = this.find(t, a, b, c, d, hash);
-    if (slot < 0 && this.old !== null) slot = this.find((t = this.old), a, b, c, d, hash);
+    const slot = this.locate(a, b, c, d, idHash(a, b, c, d));
+    const t = this.located;
     // A superseded entry (its id's slot names a later one) leaves the table as it is.
     const live = slot >= 0 && t.seqs[slot] === this.headSeq;
     const evicted = live && this.expiryBlocks[0]![this.headAt]! > passed;
@@ -386,11 +397,6 @@ export class IdTable {
     return (this.headSeq + this.entries++) >>> 0;
   }
 
-  private expiryAt(seq: number): number {
-    const p = this.headAt + ((seq - this.headSeq) >>> 0);
-    return this.expiryBlocks[p >>> BLOCK_BITS]![p & (BLOCK - 1)]!;
-  }
-
   /**
    * The slot of `t` holding the id, or ~slot of the empty slot where its
    * probe ended. The ring is read only where the slot's hash matches: a probe
@@ -403,7 +409,7 @@ export class IdTable {
       const h = hashes[i]!;
       if (h === 0) return ~i;
       if (h !== hash) continue;
-      const p = this.headAt + ((seqs[i]! - this.headSeq) >>> 0);
+      const p = this.position(seqs[i]!);
       const ids = this.idBlocks[p >>> BLOCK_BITS]!;
       const o = (p & (BLOCK - 1)) * 4;
       if (ids[o] === a && ids[o + 1] === b && ids[o + 2] === c && ids[o + 3] === d) return i;

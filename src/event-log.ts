@@ -240,7 +240,7 @@ export class EventLog {
       }
     }
     const log = new EventLog(dir, limits, hooks, recovery);
-    log.dirFd(); // opened now: a failure to open the data dir belongs to start-up, not to a rollover
+    log.dirFd = openSync(dir, "r"); // opened now: a failure to open the data dir belongs to start-up, not to a rollover
     log.seq = seq;
     log.openSegment(segments.length > 0 ? durableSize : undefined);
     if (segments.length === 0) log.syncDir();
@@ -375,14 +375,8 @@ export class EventLog {
    * the next flush tries again.
    */
   private syncDirThen(next: () => void): void {
-    let dirFd: number;
-    try {
-      dirFd = this.dirFd();
-    } catch (err) {
-      return this.dirSyncFailed(err as Error);
-    }
     this.syncing = true;
-    (this.hooks.fsyncDir ?? fsync)(dirFd, (err) => {
+    (this.hooks.fsyncDir ?? fsync)(this.dirFd, (err) => {
       this.syncing = false;
       if (err) this.dirSyncFailed(err);
       else if (this.dirSuspect) {
@@ -401,7 +395,7 @@ export class EventLog {
   }
 
   /** What is queued fails (none of it was written); the next flush tries again, on a new segment (see syncDirThen). */
-  private dirSyncFailed(err: Error): void {
+  private dirSyncFailed(err: NodeJS.ErrnoException): void {
     this.lastFailure = err;
     this.dirSuspect = true;
     for (const p of this.takeQueue()) p.reject(err);
@@ -607,8 +601,8 @@ export class EventLog {
     this.flushSync();
     if (this.fd !== null) closeSync(this.fd);
     this.fd = null;
-    if (this.dirDescriptor !== null) closeSync(this.dirDescriptor);
-    this.dirDescriptor = null;
+    if (this.dirFd >= 0) closeSync(this.dirFd);
+    this.dirFd = -1;
   }
 
   /**
@@ -641,16 +635,12 @@ export class EventLog {
 
   /** Makes a new segment's directory entry durable, so its synced records survive a power loss (start-up, shutdown). */
   private syncDir(): void {
-    fsyncSync(this.dirFd());
+    fsyncSync(this.dirFd);
     this.dirPending = false;
   }
 
-  private dirDescriptor: number | null = null;
-
-  /** The data dir, open for fsync from the first segment to close(). */
-  private dirFd(): number {
-    return (this.dirDescriptor ??= openSync(this.dir, "r"));
-  }
+  /** The data dir, open for its fsyncs from start-up to close(). */
+  private dirFd = -1;
 
   private fail(err: Error): void {
     this.lastFailure = err;

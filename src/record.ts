@@ -55,16 +55,19 @@ export function frame(records: string[]): Buffer {
   let o = 0;
   for (const record of records) {
     const body = out.write(record, o) - 1; // without the closing brace
-    const crc = crcWithoutLast(crc32(record), 0x7d);
-    o += body;
-    out.set(CRC_MEMBER, o);
-    o += CRC_MEMBER.length;
-    for (let shift = 28; shift >= 0; shift -= 4) out[o++] = HEX_DIGITS[(crc >>> shift) & 15]!;
-    out[o++] = 0x22; // "
-    out[o++] = 0x7d; // }
-    out[o++] = 0x0a; // \n
+    o = writeCrcSuffix(out, o + body, crcWithoutLast(crc32(record), 0x7d));
   }
   return out;
+}
+
+/** Writes `,"crc":"<8 hex>"}` and the newline at out[o]; returns where the line ends. */
+function writeCrcSuffix(out: Buffer, o: number, crc: number): number {
+  o += CRC_MEMBER.copy(out, o);
+  for (let shift = 28; shift >= 0; shift -= 4) out[o++] = HEX_DIGITS[(crc >>> shift) & 15]!;
+  out[o++] = 0x22; // "
+  out[o++] = 0x7d; // }
+  out[o++] = 0x0a; // \n
+  return o;
 }
 
 /**
@@ -86,12 +89,7 @@ export function frameSpans(src: Buffer, spans: readonly number[], owned: readonl
     const line = o;
     o += src.copy(out, o, spans[2 * i]!, spans[2 * i + 1]! - 1);
     o += tail.copy(out, o);
-    const crc = crc32(out.subarray(line, o));
-    o += CRC_MEMBER.copy(out, o);
-    for (let shift = 28; shift >= 0; shift -= 4) out[o++] = HEX_DIGITS[(crc >>> shift) & 15]!;
-    out[o++] = 0x22; // "
-    out[o++] = 0x7d; // }
-    out[o++] = 0x0a; // \n
+    o = writeCrcSuffix(out, o, crc32(out.subarray(line, o)));
   }
   return out;
 }
