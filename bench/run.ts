@@ -290,7 +290,7 @@ async function main() {
     children.add(redis);
   }
 
-  // Restart with N ids in the window: clean (snapshot) and after a crash (the log).
+  // Restart with N ids in the window: after a crash (the last checkpoint, if the fill left one, and the log since) and clean (snapshot).
   if (wanted("restart")) {
     const target = SMOKE ? 20_000 : 1_000_000;
     const dataDir = tempDir();
@@ -322,8 +322,9 @@ async function main() {
       const line = s.logs().find((l) => l.msg === "payflux listening")!;
       return { ms, rssMb: vmKb(s.pid, "VmRSS") / 1024, peakMb: vmKb(s.pid, "VmHWM") / 1024, ids: line.dedup_ids_restored, from: line.dedup_restored_from };
     };
-    const clean = await restart("SIGTERM");
+    // The crash first, right after the fill: whatever checkpoint the fill left, and the log since.
     const crash = await restart("SIGKILL");
+    const clean = await restart("SIGTERM");
     await s.stop();
     extra.restart = { ids: held, fill_seconds: fillS, fill_peak_rss_mb: fillPeak, clean, crash };
     console.error(`  restart: ${held} ids; clean ${clean.ms.toFixed(0)} ms (${clean.from}), after a crash ${crash.ms.toFixed(0)} ms (${crash.from})`);

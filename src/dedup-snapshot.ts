@@ -1,21 +1,25 @@
-import { closeSync, fstatSync, fsyncSync, openSync, readSync, renameSync, unlinkSync, writeSync } from "node:fs";
+import { close as closeAsync, closeSync, constants, fstatSync, open, openSync, readSync, rename, unlink, write } from "node:fs";
 import { join } from "node:path";
 import { crc32 } from "node:zlib";
 import type { LogPosition } from "./event-log.ts";
 
 /**
- * The duplicate window saved at a clean shutdown (`dedup.snapshot` in the data
- * dir), so that a restart loads ten million ids in milliseconds instead of
- * re-parsing a day of the event log. It says where in the log it was taken;
- * start-up adds the records written after that point, so a snapshot is never
- * wrong, only possibly short of ids that a crash kept it from seeing (then the
- * log is read as before). It is deleted once loaded: a later crash must not
- * find a stale one.
+ * The duplicate window saved in the data dir (`dedup.snapshot`) at a clean
+ * shutdown and, as a checkpoint, in the background while the service runs
+ * (see checkpointDue), so that a restart, after a crash too, loads millions
+ * of ids in a fraction of a second instead of re-parsing a day of the event
+ * log. It says where in the log it was taken; start-up adds the ids of the
+ * records written after that point. Every id committed before it was taken
+ * is in it (an id is committed as its record becomes durable, before any
+ * timer runs), and every later one is in the log after its position, so an
+ * older snapshot is never wrong, only slower to catch up from: it stays
+ * until a newer one replaces it.
  *
  * Layout: "PFDEDUP2", u32 count, u32 CRC-32 of the entries, u32 window in
  * seconds, u32 reserved, f64 segment, f64 offset, f64 base (ms), then `count`
  * entries of 5 little-endian u32 (the id's four words, expiry in 10 ms ticks
- * after base).
+ * after base), oldest first; an id may appear more than once (the last one
+ * holds its expiry).
  */
 const FILE = "dedup.snapshot";
 const MAGIC = "PFDEDUP2";
@@ -30,51 +34,90 @@ export interface Snapshot {
   position: LogPosition;
 }
 
-export function writeSnapshot(dataDir: string, { words: ids, base }: { words: Uint32Array; base: number }, windowMs: number, position: LogPosition): void {
-  const body = new Uint8Array(ids.buffer, ids.byteOffset, ids.byteLength);
-  const header = Buffer.alloc(HEADER_BYTES);
-  header.write(MAGIC, 0, "latin1");
-  header.writeUInt32LE(ids.length / 5, 8);
-  header.writeUInt32LE(crc32(body), 12);
-  header.writeUInt32LE(Math.round(windowMs / 1000), 16);
-  header.writeDoubleLE(position.segment, 24);
-  header.writeDoubleLE(position.offset, 32);
-  header.writeDoubleLE(base, 40);
+/** The window to save (DedupIndex.window()): entries read a chunk at a time, 5 words each. */
+export interface WindowSource {
+  count: number;
+  base: number;
+  chunks: () => Iterable<Uint32Array>;
+  /** True once the entries no longer match `base`: the file is dropped. */
+  stale: () => boolean;
+}
+
+/**
+ * Writes the snapshot off the event loop, a chunk at a time on the thread
+ * pool (a window of ten million ids is 200 MB), to a temporary file that is
+ * renamed over the previous snapshot once whole and durable: a crash at any
+ * point leaves the old one or the new one. The file is opened with O_DSYNC,
+ * so each ~1.3 MB chunk reaches the disk before the next is written: the
+ * event log's own durable writes never queue behind hundreds of MB of dirty
+ * pages flushed at once. One write at a time (the caller waits for a
+ * checkpoint in flight before the shutdown's).
+ */
+export async function writeSnapshot(dataDir: string, window: WindowSource, windowMs: number, position: LogPosition): Promise<void> {
   const tmp = join(dataDir, `${FILE}.tmp`);
-  const fd = openSync(tmp, "w");
+  const fd = await call<number>((cb) => open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_DSYNC, 0o666, cb));
+  let crc = 0;
   try {
-    writeSync(fd, header);
-    let written = 0;
-    while (written < body.length) written += writeSync(fd, body, written, body.length - written);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
+    let at = HEADER_BYTES;
+    for (const words of window.chunks()) {
+      const bytes = new Uint8Array(words.buffer, words.byteOffset, words.byteLength);
+      crc = crc32(bytes, crc);
+      for (let done = 0; done < bytes.length; ) done += await call<number>((cb) => write(fd, bytes, done, bytes.length - done, at + done, cb));
+      at += bytes.length;
+    }
+    if (window.stale()) throw new Error("the dedup index was rebased while the snapshot was written");
+    const header = Buffer.alloc(HEADER_BYTES);
+    header.write(MAGIC, 0, "latin1");
+    header.writeUInt32LE(window.count, 8);
+    header.writeUInt32LE(crc, 12);
+    header.writeUInt32LE(Math.round(windowMs / 1000), 16);
+    header.writeDoubleLE(position.segment, 24);
+    header.writeDoubleLE(position.offset, 32);
+    header.writeDoubleLE(window.base, 40);
+    await call<number>((cb) => write(fd, header, 0, HEADER_BYTES, 0, cb)); // O_DSYNC: durable, as every chunk before it
+  } catch (err) {
+    await call<void>((cb) => closeAsync(fd, cb));
+    await call<void>((cb) => unlink(tmp, cb)).catch(() => {});
+    throw err;
   }
-  renameSync(tmp, join(dataDir, FILE));
+  await call<void>((cb) => closeAsync(fd, cb));
+  await call<void>((cb) => rename(tmp, join(dataDir, FILE), cb));
+}
+
+/** A node:fs callback call as a promise. */
+function call<T>(run: (cb: (err: NodeJS.ErrnoException | null, value?: T) => void) => void): Promise<T> {
+  return new Promise<T>((resolve, reject) => run((err, value) => (err ? reject(err) : resolve(value as T))));
+}
+
+/** Checkpoints are at least this far apart. */
+const CHECKPOINT_MIN_MS = 5000;
+
+/**
+ * Whether to write a checkpoint now: once the ids committed since the last
+ * one reach a quarter of the window (at least 100,000, at most 1,000,000),
+ * so that a restart after a crash reads at most about a million records of
+ * the log, and each id is written to checkpoints a few times over its life.
+ */
+export function checkpointDue(fresh: number, held: number, sinceLastMs: number): boolean {
+  return sinceLastMs >= CHECKPOINT_MIN_MS && fresh >= Math.max(100_000, Math.min(1_000_000, held / 4));
 }
 
 /** Entries read per chunk (1 MiB of them): a snapshot of ten million ids is never in memory whole. */
 const CHUNK_ENTRIES = 52_428;
 
 /**
- * The snapshot, removed from the disk; null when there is none or it is
- * damaged (then the log is read instead). Its CRC is checked in a first pass
- * over the file, a chunk at a time; `chunks()` reads it again (from the page
- * cache) for the import, so neither pass holds more than one chunk.
+ * The snapshot, or null when there is none or it is damaged (then the log is
+ * read instead). Its CRC is checked in a first pass over the file, a chunk at
+ * a time; `chunks()` reads it again (from the page cache) for the import, so
+ * neither pass holds more than one chunk.
  */
-export function takeSnapshot(dataDir: string): Snapshot | null {
+export function readSnapshot(dataDir: string): Snapshot | null {
   const path = join(dataDir, FILE);
   let fd: number;
   try {
     fd = openSync(path, "r");
   } catch {
     return null;
-  }
-  try {
-    unlinkSync(path); // the open descriptor still reads it
-  } catch {
-    closeSync(fd);
-    return null; // a snapshot that cannot be removed could be loaded again after a crash: ignore it
   }
   const header = Buffer.alloc(HEADER_BYTES);
   const chunk = new Uint32Array(CHUNK_ENTRIES * 5);

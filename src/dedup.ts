@@ -66,6 +66,7 @@ export class DedupIndex {
     const shift = Math.floor((ms - 40 * 86_400_000 - this.base) / TICK_MS);
     this.table.rebase(shift);
     this.base += shift * TICK_MS;
+    this.rebases++;
     return t - shift;
   }
 
@@ -181,14 +182,27 @@ export class DedupIndex {
     return this.table.size;
   }
 
-  /** The ids held, oldest first, 5 words each (4 id words, expiry tick after `base` ms): the shutdown snapshot. */
-  exportIds(): { words: Uint32Array; base: number } {
-    return { words: this.table.export(), base: this.base };
+  /** Ids committed so far, mod 2^32 (what the checkpoint policy counts). */
+  get added(): number {
+    return this.table.added;
   }
 
   /**
-   * Start-up from a snapshot of `count` ids, read in chunks of 5 words per id
-   * (exportIds' form): `shiftMs` moves every expiry (the window changed since it was written).
+   * The window as it is now, for a snapshot written in the background:
+   * entries oldest first, 5 words each (4 id words, expiry tick after `base`
+   * ms), read in chunks later (IdTable.frozen). `stale()` turns true if the
+   * expiries were rebased meanwhile (once in 497 days): such a snapshot is dropped.
+   */
+  window(): { count: number; base: number; chunks: () => Generator<Uint32Array>; stale: () => boolean } {
+    const rebases = this.rebases;
+    return { ...this.table.frozen(), base: this.base, stale: () => this.rebases !== rebases };
+  }
+
+  private rebases = 0;
+
+  /**
+   * Start-up from a snapshot of `count` entries, read in chunks of 5 words each
+   * (window()'s form): `shiftMs` moves every expiry (the window changed since it was written).
    */
   importIds(chunks: Iterable<Uint32Array>, count: number, base: number, shiftMs = 0, now = Date.now()): void {
     this.table.reserve(Math.min(this.maxIds, count));
@@ -265,28 +279,46 @@ export class IdTable {
     return this.idBlocks.length * BLOCK * 20 + table(this.slots) + table(this.old);
   }
 
-  /** Live ids in ring order, 5 words each (id words, expiry). */
-  export(): Uint32Array {
-    const live = new Uint8Array(this.entries);
-    for (const t of [this.slots, this.old]) {
-      if (t === null) continue;
-      for (let i = 0; i < t.length; i++) if (t.hashes[i] !== 0) live[(t.seqs[i]! - this.headSeq) >>> 0] = 1;
-    }
-    const out = new Uint32Array(this.size * 5);
-    let n = 0;
-    for (let r = 0; r < this.entries; r++) {
-      if (live[r] !== 1) continue;
-      const p = this.headAt + r;
-      const ids = this.idBlocks[p >>> BLOCK_BITS]!;
-      const o = (p & (BLOCK - 1)) * 4;
-      out[n * 5] = ids[o]!;
-      out[n * 5 + 1] = ids[o + 1]!;
-      out[n * 5 + 2] = ids[o + 2]!;
-      out[n * 5 + 3] = ids[o + 3]!;
-      out[n * 5 + 4] = this.expiryBlocks[p >>> BLOCK_BITS]![p & (BLOCK - 1)]!;
-      n++;
-    }
-    return out;
+  /** Entries appended so far, mod 2^32 (the number the next one gets). */
+  get added(): number {
+    return (this.headSeq + this.entries) >>> 0;
+  }
+
+  /**
+   * The ring as it is now, oldest first, 5 words per entry (id words,
+   * expiry), superseded entries included (adding them back in order renews
+   * each id to its newest expiry). Read in chunks of `blocksPerChunk` blocks
+   * while the table goes on changing: an entry is never written again once
+   * appended, and a block dropped from the head stays readable through this
+   * view, so later adds and shifts do not change what it yields (a rebase
+   * does: see DedupIndex.window).
+   */
+  frozen(blocksPerChunk = 16): { count: number; chunks: () => Generator<Uint32Array> } {
+    const ids = this.idBlocks.slice();
+    const expiries = this.expiryBlocks.slice();
+    const first = this.headAt;
+    const count = this.entries;
+    return {
+      count,
+      chunks: function* () {
+        const out = new Uint32Array(blocksPerChunk * BLOCK * 5);
+        for (let r = 0; r < count; ) {
+          const n = Math.min(count - r, blocksPerChunk * BLOCK);
+          for (let k = 0; k < n; k++, r++) {
+            const p = first + r;
+            const block = p >>> BLOCK_BITS;
+            const at = p & (BLOCK - 1);
+            const from = ids[block]!;
+            out[k * 5] = from[at * 4]!;
+            out[k * 5 + 1] = from[at * 4 + 1]!;
+            out[k * 5 + 2] = from[at * 4 + 2]!;
+            out[k * 5 + 3] = from[at * 4 + 3]!;
+            out[k * 5 + 4] = expiries[block]![at]!;
+          }
+          yield out.subarray(0, n * 5);
+        }
+      },
+    };
   }
 
   /** Sizes the table for `n` ids at once (start-up restore into an empty table). */

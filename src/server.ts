@@ -3,7 +3,7 @@ import { createHandlers } from "./app.ts";
 import { keysFingerprintOf, loadConfig, redactUrl } from "./config.ts";
 import { DataDirInUseError, lockDataDir } from "./data-dir-lock.ts";
 import { DedupIndex, idsFromLog, idsSince } from "./dedup.ts";
-import { takeSnapshot, writeSnapshot } from "./dedup-snapshot.ts";
+import { checkpointDue, readSnapshot, writeSnapshot } from "./dedup-snapshot.ts";
 import { EventLog } from "./event-log.ts";
 import { Forwarder } from "./forwarder.ts";
 import type { Gateway } from "./gateway.ts";
@@ -97,8 +97,8 @@ export async function serve(configFile: string | undefined): Promise<void> {
   }
 
   const dedup = new DedupIndex(config.dedupWindowMs, config.dedupMaxIds, (n) => metrics.dedupEvicted.inc(n));
-  // A clean shutdown left the window in a snapshot: load it and read only the records written after it.
-  const snapshot = takeSnapshot(config.dataDir);
+  // A clean shutdown or a checkpoint left the window in a snapshot: load it and read only the records written after it.
+  const snapshot = readSnapshot(config.dataDir);
   let from: "snapshot" | "log" = "log";
   if (snapshot !== null) {
     try {
@@ -206,6 +206,26 @@ export async function serve(configFile: string | undefined): Promise<void> {
   // /health reads the log's state; the disk is re-checked here, off the request path.
   const recheck = setInterval(() => log.recheck(), 1000);
   recheck.unref?.();
+  // Checkpoints of the duplicate window, written in the background: a restart after a crash reads only the log since.
+  let checkpoint: Promise<void> | null = null;
+  let lastCheckpoint = { at: Date.now(), added: dedup.added };
+  const checkpoints = setInterval(() => {
+    const now = Date.now();
+    if (checkpoint !== null || !checkpointDue((dedup.added - lastCheckpoint.added) >>> 0, dedup.size, now - lastCheckpoint.at)) return;
+    const added = dedup.added;
+    const window = dedup.window(); // and the log's end, in the same turn: every id before it is in the window
+    checkpoint = writeSnapshot(config.dataDir, window, gw.config.dedupWindowMs, log.durableEnd())
+      .then(() => {
+        lastCheckpoint = { at: now, added };
+        logger.info({ ids: window.count, ms: Date.now() - now }, "duplicate window checkpointed");
+      })
+      .catch((err: Error) => {
+        lastCheckpoint = { at: now, added: lastCheckpoint.added }; // try again after the interval
+        gw.throttle.error("checkpoint", { err: err.message }, "could not checkpoint the duplicate window; a restart after a crash reads more of the event log");
+      })
+      .finally(() => (checkpoint = null));
+  }, 1000);
+  checkpoints.unref?.();
 
   // A burst of SIGHUPs coalesces into reloads of the file's latest content,
   // read once the file has stopped changing (a writer may be half-way).
@@ -227,10 +247,12 @@ export async function serve(configFile: string | undefined): Promise<void> {
     ]);
     clearInterval(retention);
     clearInterval(recheck);
+    clearInterval(checkpoints);
     await log.close();
     if (drained) {
+      await checkpoint; // one writer of the file at a time
       try {
-        writeSnapshot(config.dataDir, dedup.exportIds(), gw.config.dedupWindowMs, log.durableEnd());
+        await writeSnapshot(config.dataDir, dedup.window(), gw.config.dedupWindowMs, log.durableEnd());
       } catch (err) {
         logger.warn({ err: (err as Error).message }, "could not save the duplicate window; the next start reads it from the event log");
       }
