@@ -1,4 +1,4 @@
-import { close as closeAsync, closeSync, constants, fstatSync, open, openSync, readSync, rename, unlink, write } from "node:fs";
+import { close as closeAsync, closeSync, constants, fstatSync, open, openSync, readSync, rename, unlink, unlinkSync, write } from "node:fs";
 import { join } from "node:path";
 import { crc32 } from "node:zlib";
 import type { LogPosition } from "./event-log.ts";
@@ -15,14 +15,16 @@ import type { LogPosition } from "./event-log.ts";
  * older snapshot is never wrong, only slower to catch up from: it stays
  * until a newer one replaces it.
  *
- * Layout: "PFDEDUP2", u32 count, u32 CRC-32 of the entries, u32 window in
- * seconds, u32 reserved, f64 segment, f64 offset, f64 base (ms), then `count`
- * entries of 5 little-endian u32 (the id's four words, expiry in 10 ms ticks
- * after base), oldest first; an id may appear more than once (the last one
- * holds its expiry).
+ * Layout: "PFDEDUP3", u32 count, u32 CRC-32 (of the header's bytes 16-47,
+ * then of the entries), u32 window in seconds, u32 tag of the log at the
+ * position (see snapshotMisfit; 0: none), f64 segment, f64 offset, f64 base
+ * (ms), then `count` entries of 5 little-endian u32 (the id's four words,
+ * expiry in 10 ms ticks after base), oldest first; an id may appear more
+ * than once (the last one holds its expiry). A PFDEDUP2 file (the version
+ * before, whose CRC left the header out) is ignored: the log is read instead.
  */
 const FILE = "dedup.snapshot";
-const MAGIC = "PFDEDUP2";
+const MAGIC = "PFDEDUP3";
 const HEADER_BYTES = 48;
 
 export interface Snapshot {
@@ -32,6 +34,8 @@ export interface Snapshot {
   base: number;
   windowSec: number;
   position: LogPosition;
+  /** The log's segmentTag at the position when it was taken (0: none). */
+  tag: number;
 }
 
 /** The window to save (DedupIndex.window()): entries read a chunk at a time, 5 words each. */
@@ -53,35 +57,50 @@ export interface WindowSource {
  * pages flushed at once. One write at a time (the caller waits for a
  * checkpoint in flight before the shutdown's).
  */
-export async function writeSnapshot(dataDir: string, window: WindowSource, windowMs: number, position: LogPosition): Promise<void> {
+export async function writeSnapshot(dataDir: string, window: WindowSource, windowMs: number, position: LogPosition, tag: number): Promise<void> {
   const tmp = join(dataDir, `${FILE}.tmp`);
   const fd = await call<number>((cb) => open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_DSYNC, 0o666, cb));
-  let crc = 0;
+  const header = Buffer.alloc(HEADER_BYTES);
+  header.write(MAGIC, 0, "latin1");
+  header.writeUInt32LE(window.count, 8);
+  header.writeUInt32LE(Math.round(windowMs / 1000), 16);
+  header.writeUInt32LE(tag, 20);
+  header.writeDoubleLE(position.segment, 24);
+  header.writeDoubleLE(position.offset, 32);
+  header.writeDoubleLE(window.base, 40);
+  let crc = crc32(header.subarray(16));
+  /** Writes all of `bytes` at `at`: a write that makes no progress fails (as the event log's). */
+  const writeAll = async (bytes: Uint8Array, at: number) => {
+    for (let done = 0; done < bytes.length; ) {
+      const n = await call<number>((cb) => write(fd, bytes, done, bytes.length - done, at + done, cb));
+      if (n === 0) throw Object.assign(new Error("the snapshot write made no progress"), { code: "EIO" });
+      done += n;
+    }
+  };
+  const removeTmp = () => call<void>((cb) => unlink(tmp, cb)).catch(() => {});
   try {
     let at = HEADER_BYTES;
     for (const words of window.chunks()) {
       const bytes = new Uint8Array(words.buffer, words.byteOffset, words.byteLength);
       crc = crc32(bytes, crc);
-      for (let done = 0; done < bytes.length; ) done += await call<number>((cb) => write(fd, bytes, done, bytes.length - done, at + done, cb));
+      await writeAll(bytes, at);
       at += bytes.length;
     }
     if (window.stale()) throw new Error("the dedup index was rebased while the snapshot was written");
-    const header = Buffer.alloc(HEADER_BYTES);
-    header.write(MAGIC, 0, "latin1");
-    header.writeUInt32LE(window.count, 8);
     header.writeUInt32LE(crc, 12);
-    header.writeUInt32LE(Math.round(windowMs / 1000), 16);
-    header.writeDoubleLE(position.segment, 24);
-    header.writeDoubleLE(position.offset, 32);
-    header.writeDoubleLE(window.base, 40);
-    await call<number>((cb) => write(fd, header, 0, HEADER_BYTES, 0, cb)); // O_DSYNC: durable, as every chunk before it
+    await writeAll(header, 0); // O_DSYNC: durable, as every chunk before it
   } catch (err) {
-    await call<void>((cb) => closeAsync(fd, cb));
-    await call<void>((cb) => unlink(tmp, cb)).catch(() => {});
+    await call<void>((cb) => closeAsync(fd, cb)).catch(() => {});
+    await removeTmp();
     throw err;
   }
-  await call<void>((cb) => closeAsync(fd, cb));
-  await call<void>((cb) => rename(tmp, join(dataDir, FILE), cb));
+  try {
+    await call<void>((cb) => closeAsync(fd, cb));
+    await call<void>((cb) => rename(tmp, join(dataDir, FILE), cb));
+  } catch (err) {
+    await removeTmp();
+    throw err;
+  }
 }
 
 /** A node:fs callback call as a promise. */
@@ -89,17 +108,47 @@ function call<T>(run: (cb: (err: NodeJS.ErrnoException | null, value?: T) => voi
   return new Promise<T>((resolve, reject) => run((err, value) => (err ? reject(err) : resolve(value as T))));
 }
 
-/** Checkpoints are at least this far apart. */
+/** Checkpoints are at least this far apart; after a failure the next waits RETRY_MIN_MS, doubling up to RETRY_MAX_MS. */
 const CHECKPOINT_MIN_MS = 5000;
+const RETRY_MIN_MS = 60_000;
+const RETRY_MAX_MS = 600_000;
 
 /**
- * Whether to write a checkpoint now: once the ids committed since the last
- * one reach a quarter of the window (at least 100,000, at most 1,000,000),
- * so that a restart after a crash reads at most about a million records of
- * the log, and each id is written to checkpoints a few times over its life.
+ * When to write a checkpoint: once the ids committed since the last one
+ * reach a quarter of the window (at least 100,000, at most 1,000,000), so
+ * that a restart after a crash reads at most about a million records of the
+ * log and each id is written to checkpoints a few times over its life; at
+ * least 5 s apart, and after a failure (a full disk, say: the file needs
+ * room the storage cap does not count) only after a growing pause, so that
+ * failing rewrites never take the disk from the event log for long.
  */
-export function checkpointDue(fresh: number, held: number, sinceLastMs: number): boolean {
-  return sinceLastMs >= CHECKPOINT_MIN_MS && fresh >= Math.max(100_000, Math.min(1_000_000, held / 4));
+export class CheckpointSchedule {
+  private notBefore: number;
+  private added: number;
+  private retryMs = 0;
+
+  constructor(now: number, added: number) {
+    this.notBefore = now + CHECKPOINT_MIN_MS;
+    this.added = added;
+  }
+
+  /** `added`: the index's count of ids committed (mod 2^32); `held`: ids it holds. */
+  due(now: number, added: number, held: number): boolean {
+    const fresh = (added - this.added) >>> 0;
+    return now >= this.notBefore && fresh >= Math.max(100_000, Math.min(1_000_000, held / 4));
+  }
+
+  /** A checkpoint that began when the index had counted `added` ids is written. */
+  written(now: number, added: number): void {
+    this.added = added;
+    this.retryMs = 0;
+    this.notBefore = now + CHECKPOINT_MIN_MS;
+  }
+
+  failed(now: number): void {
+    this.retryMs = Math.min(RETRY_MAX_MS, Math.max(RETRY_MIN_MS, this.retryMs * 2));
+    this.notBefore = now + this.retryMs;
+  }
 }
 
 /** Entries read per chunk (1 MiB of them): a snapshot of ten million ids is never in memory whole. */
@@ -111,14 +160,24 @@ const CHUNK_ENTRIES = 52_428;
  * a time; `chunks()` reads it again (from the page cache) for the import, so
  * neither pass holds more than one chunk.
  */
-export function readSnapshot(dataDir: string): Snapshot | null {
+export function readSnapshot(dataDir: string, onDamaged: () => void = () => {}): Snapshot | null {
   const path = join(dataDir, FILE);
+  try {
+    unlinkSync(`${path}.tmp`); // left by a checkpoint cut short (kill -9)
+  } catch {
+    // none
+  }
   let fd: number;
   try {
     fd = openSync(path, "r");
   } catch {
     return null;
   }
+  const close = (fd: number) => {
+    closeSync(fd);
+    onDamaged();
+    return null;
+  };
   const header = Buffer.alloc(HEADER_BYTES);
   const chunk = new Uint32Array(CHUNK_ENTRIES * 5);
   const bytes = new Uint8Array(chunk.buffer);
@@ -143,7 +202,7 @@ export function readSnapshot(dataDir: string): Snapshot | null {
     if (!readAll(header, HEADER_BYTES, 0) || header.toString("latin1", 0, 8) !== MAGIC) return close(fd);
     const count = header.readUInt32LE(8);
     if (fstatSync(fd).size !== HEADER_BYTES + count * 20) return close(fd);
-    let crc = 0;
+    let crc = crc32(header.subarray(16));
     for (const words of entries(count)) crc = crc32(new Uint8Array(words.buffer, words.byteOffset, words.byteLength), crc);
     if (crc !== header.readUInt32LE(12)) return close(fd);
     return {
@@ -157,6 +216,7 @@ export function readSnapshot(dataDir: string): Snapshot | null {
       count,
       base: header.readDoubleLE(40),
       windowSec: header.readUInt32LE(16),
+      tag: header.readUInt32LE(20),
       position: { segment: header.readDoubleLE(24), offset: header.readDoubleLE(32) },
     };
   } catch {
@@ -164,7 +224,25 @@ export function readSnapshot(dataDir: string): Snapshot | null {
   }
 }
 
-function close(fd: number): null {
-  closeSync(fd);
+/** What a snapshot's log position needs of the event log. */
+export interface TaggedLog {
+  durableEnd(): LogPosition;
+  /** An identity of a segment's content (segmentTag), null when it is gone or empty. */
+  segmentTag(seq: number): number | null;
+}
+
+/**
+ * Why a snapshot does not belong to this event log, or null when it does:
+ * the log ends before its position (segments deleted to start afresh, or
+ * restored from an older backup), or the segment at its position is not the
+ * one it was taken in (its first line differs). Loading such a snapshot
+ * would keep ids the log no longer holds, or skip records it does hold.
+ */
+export function snapshotMisfit(snapshot: Snapshot, log: TaggedLog): string | null {
+  const { segment, offset } = snapshot.position;
+  const end = log.durableEnd();
+  if (segment > end.segment || (segment === end.segment && offset > end.offset)) return "the event log ends before the snapshot's position";
+  const tag = log.segmentTag(segment);
+  if (snapshot.tag !== 0 && tag !== null && tag !== snapshot.tag) return "the segment at the snapshot's position is not the one it was taken in";
   return null;
 }

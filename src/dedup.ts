@@ -9,6 +9,13 @@ import { storedId } from "./record.ts";
  * instead of guessing. A failed write (`release`) leaves the id unseen, so the
  * client's retry is stored: the old service lost events exactly there.
  */
+/** Ids with their expiries (ms): words[4i, 4i + 4) and expiries[i] for i < count (the arrays are reused by the next chunk). */
+export interface IdChunk {
+  words: Uint32Array;
+  expiries: Float64Array;
+  count: number;
+}
+
 export interface Claim {
   /** owned[i]: this request must store event i; otherwise it is a duplicate. */
   readonly owned: boolean[];
@@ -26,7 +33,6 @@ export class DedupIndex {
   /** Settles when the claim of that number commits or releases (requests waiting on its ids). */
   private readonly holders = new Map<number, { claim: Claim; settled: Promise<void>; wake: () => void }>();
   private lastOwner = 0;
-  private readonly words = new Uint32Array(4);
   /** Expiries are held as 10 ms ticks after this time (ms), so 32 bits last 497 days; see tick(). */
   private base = Math.floor((Date.now() - 86_400_000) / TICK_MS) * TICK_MS;
 
@@ -46,14 +52,13 @@ export class DedupIndex {
     this.prune(Date.now());
   }
 
-  /** Start-up: remembers ids found in the event log, oldest first (ids that are not UUIDs are skipped). */
-  restore(entries: Iterable<readonly [id: string, expiry: number]>): void {
-    if (Array.isArray(entries)) this.table.reserve(Math.min(this.maxIds, entries.length));
-    for (const [id, expiry] of entries) {
-      const w = this.words;
-      if (!parseUuid(id, w)) continue;
-      this.makeRoom(0);
-      this.table.add(w[0]!, w[1]!, w[2]!, w[3]!, this.tick(expiry));
+  /** Start-up: remembers ids found in the event log, oldest first, a chunk at a time (idsSince). */
+  restore(chunks: Iterable<IdChunk>): void {
+    for (const { words: w, expiries, count } of chunks) {
+      for (let i = 0; i < count; i++) {
+        this.makeRoom(0);
+        this.table.add(w[4 * i]!, w[4 * i + 1]!, w[4 * i + 2]!, w[4 * i + 3]!, this.tick(expiries[i]!));
+      }
     }
     this.prune(Date.now());
   }
@@ -579,24 +584,33 @@ function homeOf(hash: number, n: number): number {
  * forward from the first segment written within the window, in 1 MiB chunks,
  * yielding ids oldest first: memory stays flat however large the window.
  */
-export function* idsFromLog(log: EventLog, windowMs: number, now = Date.now()): Generator<[string, number]> {
+export function* idsFromLog(log: EventLog, windowMs: number, now = Date.now()): Generator<IdChunk> {
   const since = now - windowMs;
   // A segment last written before the window holds only older records.
   const first = log.segments().find((seq) => (log.segmentMtime(seq) ?? Infinity) >= since);
   if (first !== undefined) yield* idsSince(log, { segment: first, offset: 0 }, windowMs, now);
 }
 
-/** Ids of the records from `from` to the log's durable end (after a snapshot, or the window's start), oldest first. */
-export function* idsSince(log: EventLog, from: LogPosition, windowMs: number, now = Date.now()): Generator<[string, number]> {
+/**
+ * Ids of the records from `from` to the log's durable end (after a snapshot,
+ * or the window's start), oldest first, with their expiries: read from each
+ * line where they lie (no record is copied or turned into a string; records
+ * whose id is not a UUID are skipped).
+ */
+export function* idsSince(log: EventLog, from: LogPosition, windowMs: number, now = Date.now()): Generator<IdChunk> {
   const since = now - windowMs;
+  let chunk: IdChunk = { words: new Uint32Array(0), expiries: new Float64Array(0), count: 0 };
   let at = from;
   for (;;) {
-    const { records, next } = log.read(at, 1 << 20);
-    if (records.length === 0) return;
-    for (const r of records) {
-      const stored = storedId(r);
-      if (stored !== null && stored.receivedAt >= since) yield [stored.id, stored.receivedAt + windowMs];
+    const { records: lines, next } = log.readLines(at, 1 << 20);
+    if (lines.length === 0) return;
+    if (lines.length > chunk.expiries.length) chunk = { words: new Uint32Array(4 * lines.length), expiries: new Float64Array(lines.length), count: 0 };
+    chunk.count = 0;
+    for (const line of lines) {
+      const receivedAt = storedId(line, chunk.words, 4 * chunk.count);
+      if (receivedAt >= since) chunk.expiries[chunk.count++] = receivedAt + windowMs; // NaN (no id) never is
     }
+    yield chunk;
     at = next;
   }
 }

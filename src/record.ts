@@ -1,5 +1,5 @@
 import { crc32 } from "node:zlib";
-import type { PaymentEvent } from "./events.ts";
+import { parseUuid, uuidWordsAt, type PaymentEvent } from "./events.ts";
 
 /**
  * The stored record, in one place: how an event becomes a record, how a
@@ -136,37 +136,55 @@ export function unframe(line: Uint8Array): Buffer | null {
 }
 
 
-const TAIL = ',"received_at":"';
+const TAIL = Buffer.from(',"received_at":"');
 /** `,"received_at":"` + 24 + `","key_id":"` + 12 + `"}` */
 const TAIL_BYTES = 16 + 24 + 12 + 12 + 2;
 const ID_MEMBER = Buffer.from('"event_id":"');
 
 /**
- * The event_id (lowercased) and received_at (ms) of a stored record, or null
- * when it has neither. Fast path without JSON.parse: received_at sits at a
- * fixed place from the end, and a record whose text holds `"event_id":"`
- * exactly once has it as its top-level member (string values cannot hold the
- * unescaped quotes; a nested object with its own event_id makes it appear
- * twice, and then the record is parsed).
+ * The event_id (its 128 bits, into out[at..at + 4]) and received_at (ms) of
+ * an intact log line (isIntactLine), read where they lie: the return value is
+ * received_at, or NaN when the record has no such pair (an id that is not a
+ * UUID included). Fast path: received_at sits at a fixed place from the end,
+ * and a record whose text holds `"event_id":"` exactly once has it as its
+ * top-level member (string values cannot hold the unescaped quotes; a nested
+ * object with its own event_id makes it appear twice, and then the record is
+ * parsed).
  */
-export function storedId(record: Buffer): { id: string; receivedAt: number } | null {
-  const n = record.length;
-  if (n > TAIL_BYTES && record.toString("latin1", n - TAIL_BYTES, n - TAIL_BYTES + 16) === TAIL) {
-    const first = record.indexOf(ID_MEMBER);
-    if (first >= 0 && record.indexOf(ID_MEMBER, first + 1) < 0) {
+export function storedId(line: Uint8Array, out: Uint32Array, at: number): number {
+  const end = line.length - CRC_SUFFIX_BYTES; // where the record's closing brace was
+  const text = Buffer.from(line.buffer, line.byteOffset, end);
+  const tail = end + 1 - TAIL_BYTES;
+  if (tail > 0 && TAIL.compare(text, tail, tail + 16) === 0) {
+    const first = text.indexOf(ID_MEMBER);
+    if (first >= 0 && text.indexOf(ID_MEMBER, first + 1) < 0) {
       const start = first + ID_MEMBER.length;
-      const end = record.indexOf(0x22 /* " */, start);
-      const receivedAt = Date.parse(record.toString("latin1", n - 50, n - 26));
-      if (end > start && receivedAt === receivedAt) return { id: record.toString("utf8", start, end).toLowerCase(), receivedAt };
+      const receivedAt = isoMs(text, tail + 16);
+      if (text[start + 36] === 0x22 /* " */ && receivedAt === receivedAt) return uuidWordsAt(text, start, out, at) ? receivedAt : NaN;
     }
   }
   let e: { event_id?: unknown; received_at?: unknown };
   try {
-    e = JSON.parse(record.toString("utf8"));
+    e = JSON.parse(`${text.toString("utf8")}}`);
   } catch {
-    return null;
+    return NaN;
   }
-  const at = typeof e.received_at === "string" ? Date.parse(e.received_at) : NaN;
-  if (typeof e.event_id !== "string" || at !== at) return null;
-  return { id: e.event_id.toLowerCase(), receivedAt: at };
+  const receivedAt = typeof e.received_at === "string" ? Date.parse(e.received_at) : NaN;
+  return typeof e.event_id === "string" && parseUuid(e.event_id, out, at) ? receivedAt : NaN;
+}
+
+/** Milliseconds of the `YYYY-MM-DDTHH:MM:SS.mmmZ` (toISOString's form) at b[p..p + 24], or NaN. */
+function isoMs(b: Uint8Array, p: number): number {
+  const n = (from: number, digits: number) => {
+    let v = 0;
+    for (let i = from; i < from + digits; i++) {
+      const c = b[p + i]! - 48;
+      if (c < 0 || c > 9) return NaN;
+      v = v * 10 + c;
+    }
+    return v;
+  };
+  const sep = (i: number, c: string) => b[p + i] === c.charCodeAt(0);
+  if (!(sep(4, "-") && sep(7, "-") && sep(10, "T") && sep(13, ":") && sep(16, ":") && sep(19, ".") && sep(23, "Z"))) return NaN;
+  return Date.UTC(n(0, 4), n(5, 2) - 1, n(8, 2), n(11, 2), n(14, 2), n(17, 2), n(20, 3));
 }

@@ -3,7 +3,7 @@ import { createHandlers } from "./app.ts";
 import { keysFingerprintOf, loadConfig, redactUrl } from "./config.ts";
 import { DataDirInUseError, lockDataDir } from "./data-dir-lock.ts";
 import { DedupIndex, idsFromLog, idsSince } from "./dedup.ts";
-import { checkpointDue, readSnapshot, writeSnapshot } from "./dedup-snapshot.ts";
+import { CheckpointSchedule, readSnapshot, snapshotMisfit, writeSnapshot } from "./dedup-snapshot.ts";
 import { EventLog } from "./event-log.ts";
 import { Forwarder } from "./forwarder.ts";
 import type { Gateway } from "./gateway.ts";
@@ -98,7 +98,12 @@ export async function serve(configFile: string | undefined): Promise<void> {
 
   const dedup = new DedupIndex(config.dedupWindowMs, config.dedupMaxIds, (n) => metrics.dedupEvicted.inc(n));
   // A clean shutdown or a checkpoint left the window in a snapshot: load it and read only the records written after it.
-  const snapshot = readSnapshot(config.dataDir);
+  let snapshot = readSnapshot(config.dataDir, () => logger.warn("dedup snapshot damaged (CRC or length), ignored; the window is read from the event log"));
+  const misfit = snapshot === null ? null : snapshotMisfit(snapshot, log);
+  if (misfit !== null) {
+    logger.warn({ reason: misfit }, "dedup snapshot does not belong to this event log, ignored; the window is read from the event log");
+    snapshot = null;
+  }
   let from: "snapshot" | "log" = "log";
   if (snapshot !== null) {
     try {
@@ -208,19 +213,24 @@ export async function serve(configFile: string | undefined): Promise<void> {
   recheck.unref?.();
   // Checkpoints of the duplicate window, written in the background: a restart after a crash reads only the log since.
   let checkpoint: Promise<void> | null = null;
-  let lastCheckpoint = { at: Date.now(), added: dedup.added };
+  const schedule = new CheckpointSchedule(Date.now(), dedup.added);
+  const saveWindow = () => {
+    const window = dedup.window(); // and the log's end, in the same turn: every id before it is in the window
+    const position = log.durableEnd();
+    return { entries: window.count, written: writeSnapshot(config.dataDir, window, gw.config.dedupWindowMs, position, log.segmentTag(position.segment) ?? 0) };
+  };
   const checkpoints = setInterval(() => {
     const now = Date.now();
-    if (checkpoint !== null || !checkpointDue((dedup.added - lastCheckpoint.added) >>> 0, dedup.size, now - lastCheckpoint.at)) return;
+    if (checkpoint !== null || !schedule.due(now, dedup.added, dedup.size)) return;
     const added = dedup.added;
-    const window = dedup.window(); // and the log's end, in the same turn: every id before it is in the window
-    checkpoint = writeSnapshot(config.dataDir, window, gw.config.dedupWindowMs, log.durableEnd())
+    const { entries, written } = saveWindow();
+    checkpoint = written
       .then(() => {
-        lastCheckpoint = { at: now, added };
-        logger.info({ ids: window.count, ms: Date.now() - now }, "duplicate window checkpointed");
+        schedule.written(Date.now(), added);
+        logger.info({ entries, ms: Date.now() - now }, "duplicate window checkpointed");
       })
       .catch((err: Error) => {
-        lastCheckpoint = { at: now, added: lastCheckpoint.added }; // try again after the interval
+        schedule.failed(Date.now());
         gw.throttle.error("checkpoint", { err: err.message }, "could not checkpoint the duplicate window; a restart after a crash reads more of the event log");
       })
       .finally(() => (checkpoint = null));
@@ -252,9 +262,9 @@ export async function serve(configFile: string | undefined): Promise<void> {
     if (drained) {
       await checkpoint; // one writer of the file at a time
       try {
-        await writeSnapshot(config.dataDir, dedup.window(), gw.config.dedupWindowMs, log.durableEnd());
+        await saveWindow().written;
       } catch (err) {
-        logger.warn({ err: (err as Error).message }, "could not save the duplicate window; the next start reads it from the event log");
+        logger.warn({ err: (err as Error).message }, "could not save the duplicate window; the next start reads it from the last checkpoint and the event log written since");
       }
     }
     // After the last flush: the batch in flight finishes (its checkpoint saved) or is abandoned.

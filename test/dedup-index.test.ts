@@ -7,7 +7,7 @@
 import { describe, expect, test } from "bun:test";
 import { DedupIndex, IdTable } from "../src/dedup.ts";
 import { parseUuid } from "../src/events.ts";
-import { storedId } from "../src/record.ts";
+import { frame, storedId } from "../src/record.ts";
 import { rng } from "./support/rng.ts";
 
 const hex = (r: () => number, n: number) => Array.from({ length: n }, () => "0123456789abcdef"[Math.floor(r() * 16)]).join("");
@@ -79,7 +79,9 @@ describe("DedupIndex matches a Map model", () => {
     const dedup = new DedupIndex(86_400_000, 10_000_000);
     const r = rng(9);
     const ids = Array.from({ length: 200_000 }, () => uuid(r));
-    dedup.restore(ids.map((id) => [id, 1_900_000_000_000] as const));
+    const words = new Uint32Array(4 * ids.length);
+    ids.forEach((id, i) => parseUuid(id, words, 4 * i));
+    dedup.restore([{ words, expiries: new Float64Array(ids.length).fill(1_900_000_000_000), count: ids.length }]);
     expect(dedup.size).toBe(200_000);
     expect(dedup.bytes / dedup.size).toBeLessThanOrEqual(32);
   });
@@ -165,25 +167,38 @@ describe("DedupIndex matches a Map model", () => {
 describe("reading an id back out of a stored record", () => {
   const tail = ',"received_at":"2026-11-22T08:00:01.234Z","key_id":"0123456789ab"}';
   const at = Date.parse("2026-11-22T08:00:01.234Z");
-  test("the top-level event_id and received_at, lowercased", () => {
-    const rec = Buffer.from(`{"event_type":"x","event_id":"123E4567-E89B-12D3-A456-426614174000","processor":"stripe"${tail}`);
-    expect(storedId(rec)).toEqual({ id: "123e4567-e89b-12d3-a456-426614174000", receivedAt: at });
+  const ID = "123e4567-e89b-12d3-a456-426614174000";
+  /** storedId of the record framed as a log line: the id as its words, and received_at. */
+  const read = (record: string) => {
+    const line = frame([record]).subarray(0, -1);
+    const words = new Uint32Array(5).fill(7);
+    const receivedAt = storedId(line, words, 1);
+    return Number.isNaN(receivedAt) ? null : { words: [...words], receivedAt };
+  };
+  const want = (id: string, receivedAt = at) => {
+    const words = new Uint32Array(5).fill(7);
+    parseUuid(id, words, 1);
+    return { words: [...words], receivedAt };
+  };
+  test("the top-level event_id (any case) and received_at, read where they lie", () => {
+    expect(read(`{"event_type":"x","event_id":"123E4567-E89B-12D3-A456-426614174000","processor":"stripe"${tail}`)).toEqual(want(ID));
+    const late = ',"received_at":"2031-02-28T23:59:59.999Z","key_id":"0123456789ab"}';
+    expect(read(`{"event_id":"${ID}"${late}`)).toEqual(want(ID, Date.parse("2031-02-28T23:59:59.999Z")));
   });
   test("a nested event_id never passes for the event's own, wherever it sits", () => {
     for (const body of [
-      `{"meta":{"event_id":"00000000-0000-4000-8000-000000000000"},"event_id":"123e4567-e89b-12d3-a456-426614174000"`,
-      `{"event_id":"123e4567-e89b-12d3-a456-426614174000","meta":{"event_id":"00000000-0000-4000-8000-000000000000"}`,
-      `{"note":"he said \\"event_id\\":\\"00000000-0000-4000-8000-000000000000\\"","event_id":"123e4567-e89b-12d3-a456-426614174000"`,
+      `{"meta":{"event_id":"00000000-0000-4000-8000-000000000000"},"event_id":"${ID}"`,
+      `{"event_id":"${ID}","meta":{"event_id":"00000000-0000-4000-8000-000000000000"}`,
+      `{"note":"he said \\"event_id\\":\\"00000000-0000-4000-8000-000000000000\\"","event_id":"${ID}"`,
     ]) {
-      expect(storedId(Buffer.from(body + tail))).toEqual({ id: "123e4567-e89b-12d3-a456-426614174000", receivedAt: at });
+      expect(read(body + tail)).toEqual(want(ID));
     }
   });
-  test("a record without the service's tail is parsed; garbage is null", () => {
-    expect(storedId(Buffer.from('{"event_id":"123e4567-e89b-12d3-a456-426614174000","received_at":"2026-11-22T08:00:01.234Z"}'))).toEqual({
-      id: "123e4567-e89b-12d3-a456-426614174000",
-      receivedAt: at,
-    });
-    expect(storedId(Buffer.from("{nope"))).toBeNull();
+  test("a record without the service's tail is parsed; no UUID id, or garbage, is none", () => {
+    expect(read(`{"event_id":"${ID}","received_at":"2026-11-22T08:00:01.234Z"}`)).toEqual(want(ID));
+    expect(read(`{"event_id":"${ID}x"${tail}`)).toBeNull();
+    expect(read(`{"event_id":"not-a-uuid"${tail}`)).toBeNull();
+    expect(read("{nope}")).toBeNull();
   });
 });
 

@@ -6,10 +6,11 @@
  * every case a retry of an acknowledged event is still a duplicate.
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { DedupIndex } from "../src/dedup.ts";
-import { checkpointDue, readSnapshot, writeSnapshot } from "../src/dedup-snapshot.ts";
+import { CheckpointSchedule, readSnapshot, snapshotMisfit, writeSnapshot } from "../src/dedup-snapshot.ts";
+import { EventLog } from "../src/event-log.ts";
 import { BATCH, event, post, startServer, stopAll, tempDir } from "./support/harness.ts";
 
 afterAll(stopAll);
@@ -43,7 +44,7 @@ describe("duplicate window across restarts", () => {
     expect((await sendBatch(third, [...events, ...more])).body).toEqual({ accepted: 0, duplicates: 350 });
   });
 
-  test("a damaged snapshot is ignored and the log is read instead", async () => {
+  test("a damaged snapshot is ignored (with a warning) and the log is read instead", async () => {
     const dataDir = tempDir();
     const first = await startServer({ dataDir });
     const events = Array.from({ length: 40 }, () => event());
@@ -55,7 +56,21 @@ describe("duplicate window across restarts", () => {
     writeFileSync(path, buf);
     const second = await startServer({ dataDir });
     expect(started(second)).toMatchObject({ dedup_ids_restored: 40, dedup_restored_from: "log" });
+    expect(second.logs().some((l) => l.level === "warn" && /dedup snapshot damaged/.test(l.msg))).toBe(true);
     expect((await sendBatch(second, events)).body.duplicates).toBe(40);
+  });
+
+  test("a snapshot whose log was deleted is ignored (with a warning): events stored before are new again", async () => {
+    const dataDir = tempDir();
+    const first = await startServer({ dataDir });
+    const events = Array.from({ length: 30 }, () => event());
+    await sendBatch(first, events);
+    await first.stop();
+    for (const f of readdirSync(dataDir)) if (f.startsWith("segment-")) unlinkSync(join(dataDir, f));
+    const second = await startServer({ dataDir });
+    expect(started(second)).toMatchObject({ dedup_ids_restored: 0, dedup_restored_from: "log" });
+    expect(second.logs().find((l) => /does not belong to this event log/.test(l.msg))).toMatchObject({ level: "warn", reason: "the event log ends before the snapshot's position" });
+    expect((await sendBatch(second, events)).body).toEqual({ accepted: 30, duplicates: 0 });
   });
 
   test("events written after the snapshot's position are added from the log", async () => {
@@ -100,7 +115,7 @@ describe("checkpoints while running", () => {
     const deadline = Date.now() + 20_000;
     let line: Record<string, any> | undefined;
     while ((line = first.logs().find((l) => l.msg === "duplicate window checkpointed")) === undefined && Date.now() < deadline) await Bun.sleep(100);
-    expect(line).toMatchObject({ ids: 101_000 });
+    expect(line).toMatchObject({ entries: 101_000 });
     const after = Array.from({ length: 50 }, () => event());
     expect((await sendBatch(first, after)).body.accepted).toBe(50);
     await first.stop("SIGKILL");
@@ -111,14 +126,34 @@ describe("checkpoints while running", () => {
     expect((await sendBatch(second, retry)).body).toEqual({ accepted: 0, duplicates: 1000 });
   }, 60_000);
 
-  test("the policy: a quarter of the window (100,000 to 1,000,000 ids) since the last one, at least 5 s apart", () => {
-    expect(checkpointDue(99_999, 0, 60_000)).toBe(false);
-    expect(checkpointDue(100_000, 0, 60_000)).toBe(true);
-    expect(checkpointDue(100_000, 0, 4_999)).toBe(false);
-    expect(checkpointDue(249_999, 1_000_000, 60_000)).toBe(false);
-    expect(checkpointDue(250_000, 1_000_000, 60_000)).toBe(true);
-    expect(checkpointDue(1_000_000, 10_000_000, 60_000)).toBe(true);
-    expect(checkpointDue(999_999, 10_000_000, 60_000)).toBe(false);
+  test("the schedule: a quarter of the window (100,000 to 1,000,000 ids) since the last one, 5 s apart; after failures a pause from 1 to 10 minutes", () => {
+    const t = 1_000_000;
+    const s = new CheckpointSchedule(t, 4_294_967_000); // the id count wraps at 2^32
+    expect(s.due(t + 4_999, 100_000, 0)).toBe(false);
+    const added = (4_294_967_000 + 100_000) >>> 0;
+    expect(s.due(t + 5_000, added - 1, 0)).toBe(false);
+    expect(s.due(t + 5_000, added, 0)).toBe(true);
+    expect(s.due(t + 5_000, added + 149_999, 1_000_000)).toBe(false); // a quarter of a million held
+    expect(s.due(t + 5_000, added + 150_000, 1_000_000)).toBe(true);
+    expect(s.due(t + 5_000, added + 899_999, 10_000_000)).toBe(false); // never more than a million
+    expect(s.due(t + 5_000, added + 900_000, 10_000_000)).toBe(true);
+    s.written(t + 6_000, added);
+    expect(s.due(t + 10_999, added + 100_000, 0)).toBe(false);
+    expect(s.due(t + 11_000, added + 100_000, 0)).toBe(true);
+    const pauses: number[] = [];
+    let now = t + 11_000;
+    for (let i = 0; i < 6; i++) {
+      s.failed(now);
+      let wait = 0;
+      while (!s.due(now + wait, added + 100_000, 0)) wait += 1000;
+      pauses.push(wait);
+      now += wait;
+    }
+    expect(pauses).toEqual([60_000, 120_000, 240_000, 480_000, 600_000, 600_000]);
+    s.written(now, added + 100_000);
+    s.failed(now + 5_000);
+    expect(s.due(now + 64_999, added + 200_000, 0)).toBe(false); // a success resets the pause
+    expect(s.due(now + 65_000, added + 200_000, 0)).toBe(true);
   });
 });
 
@@ -132,7 +167,7 @@ describe("the snapshot file, in-process", () => {
     const asMs = (w: { chunks: () => Iterable<Uint32Array>; base: number }) => Array.from(w.chunks(), (c) => Array.from(c, (x, i) => (i % 5 === 4 ? w.base + x * 10 : x))).flat();
     const window = source.window();
     const expected = asMs(source.window());
-    const writing = writeSnapshot(dataDir, window, 86_400_000, { segment: 3, offset: 42 });
+    const writing = writeSnapshot(dataDir, window, 86_400_000, { segment: 3, offset: 42 }, 77);
     // Ids committed while the file is written belong to the log after its position, not to it.
     const later = Array.from({ length: 2000 }, () => crypto.randomUUID());
     for (let i = 0; i < later.length; i += 100) {
@@ -146,6 +181,7 @@ describe("the snapshot file, in-process", () => {
     const snap = readSnapshot(dataDir)!;
     expect(snap.count).toBe(n);
     expect(snap.position).toEqual({ segment: 3, offset: 42 });
+    expect(snap.tag).toBe(77);
     const restored = new DedupIndex(86_400_000, 10_000_000);
     restored.importIds(snap.chunks(), snap.count, snap.base);
     expect(restored.size).toBe(n);
@@ -154,10 +190,44 @@ describe("the snapshot file, in-process", () => {
     expect((await restored.claim(ids.slice(-5))).duplicates).toBe(5);
     expect((await restored.claim(later.slice(0, 5))).duplicates).toBe(0);
 
-    saved[saved.length - 1]! ^= 1;
+    // A flipped bit in the last entry or in the header's position, or an entry short: rejected, and said so.
+    let damaged = 0;
+    for (const [at, bit] of [[saved.length - 1, 1], [24, 0x10], [32, 1]] as const) {
+      const bad = Buffer.from(saved);
+      bad[at]! ^= bit;
+      writeFileSync(path, bad);
+      expect(readSnapshot(dataDir, () => damaged++)).toBeNull();
+    }
+    writeFileSync(path, saved.subarray(0, saved.length - 20));
+    expect(readSnapshot(dataDir, () => damaged++)).toBeNull();
+    expect(damaged).toBe(4);
+    // A temporary file left by a checkpoint cut short is removed.
+    writeFileSync(`${path}.tmp`, "partial");
     writeFileSync(path, saved);
-    expect(readSnapshot(dataDir)).toBeNull();
-    writeFileSync(path, saved.subarray(0, saved.length - 20)); // an entry short
-    expect(readSnapshot(dataDir)).toBeNull();
+    expect(readSnapshot(dataDir)?.count).toBe(n);
+    expect(existsSync(`${path}.tmp`)).toBe(false);
+  });
+
+  test("a snapshot belongs to the log it was taken from: not past its end, and the segment at its position is the same one", async () => {
+    const dataDir = tempDir();
+    const limits = { segmentBytes: 1 << 20, retentionMs: 86_400_000, maxBytes: 1 << 30 };
+    let log = EventLog.open(dataDir, limits);
+    await log.append(['{"n":1}', '{"n":2}']);
+    const position = log.durableEnd();
+    const tag = log.segmentTag(position.segment)!;
+    const snap = { chunks: function* () {}, count: 0, base: 0, windowSec: 1, position, tag };
+    expect(snapshotMisfit(snap, log)).toBeNull();
+    await log.append(['{"n":3}']);
+    expect(snapshotMisfit(snap, log)).toBeNull(); // the log went on: records after the position are read from it
+    await log.close();
+    // Reset by hand and written again, past the old position: a segment of the same name, other records.
+    unlinkSync(log.segmentPath);
+    log = EventLog.open(dataDir, limits);
+    expect(snapshotMisfit(snap, log)).toBe("the event log ends before the snapshot's position");
+    await log.append(['{"n":10}', '{"n":20}', '{"n":30}']);
+    expect(log.segmentTag(position.segment)).not.toBe(tag);
+    expect(snapshotMisfit(snap, log)).toBe("the segment at the snapshot's position is not the one it was taken in");
+    expect(snapshotMisfit({ ...snap, tag: 0 }, log)).toBeNull(); // no tag (taken at a segment's very start): not checked
+    await log.close();
   });
 });
