@@ -17,6 +17,16 @@ afterAll(stopAll);
 
 const started = (s: { logs: () => Record<string, any>[] }) => s.logs().find((l) => l.msg === "payflux listening")!;
 
+/** A data dir where `n` events were stored and the server stopped cleanly (so it holds a snapshot). */
+async function storedAndStopped(n: number) {
+  const dataDir = tempDir();
+  const first = await startServer({ dataDir });
+  const events = Array.from({ length: n }, () => event());
+  expect((await sendBatch(first, events)).body.accepted).toBe(n);
+  expect(await first.stop()).toBe(0);
+  return { dataDir, events };
+}
+
 async function sendBatch(server: Awaited<ReturnType<typeof startServer>>, events: Record<string, unknown>[]) {
   const res = await post(server, BATCH, events);
   return { status: res.status, body: (await res.json()) as { accepted: number; duplicates: number } };
@@ -45,11 +55,7 @@ describe("duplicate window across restarts", () => {
   });
 
   test("a damaged snapshot is ignored (with a warning) and the log is read instead", async () => {
-    const dataDir = tempDir();
-    const first = await startServer({ dataDir });
-    const events = Array.from({ length: 40 }, () => event());
-    await sendBatch(first, events);
-    await first.stop();
+    const { dataDir, events } = await storedAndStopped(40);
     const path = join(dataDir, "dedup.snapshot");
     const buf = readFileSync(path);
     buf[buf.length - 3]! ^= 0xff;
@@ -61,11 +67,7 @@ describe("duplicate window across restarts", () => {
   });
 
   test("a snapshot whose log was deleted is ignored (with a warning): events stored before are new again", async () => {
-    const dataDir = tempDir();
-    const first = await startServer({ dataDir });
-    const events = Array.from({ length: 30 }, () => event());
-    await sendBatch(first, events);
-    await first.stop();
+    const { dataDir, events } = await storedAndStopped(30);
     for (const f of readdirSync(dataDir)) if (f.startsWith("segment-")) unlinkSync(join(dataDir, f));
     const second = await startServer({ dataDir });
     expect(started(second)).toMatchObject({ dedup_ids_restored: 0, dedup_restored_from: "log" });
