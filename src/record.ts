@@ -115,14 +115,22 @@ export function crcWithoutLast(crc: number, last: number): number {
   return ~(((r ^ CRC_TABLE[x]!) << 8) | (x ^ last)) >>> 0;
 }
 
-/** Whether one line (without its newline) is whole and its CRC matches. */
+const CRC_PREFIX = Buffer.from(',"crc":"');
+
+/** Whether one line (without its newline) is whole and its CRC matches (byte by byte: no string per line). */
 export function isIntactLine(line: Uint8Array): boolean {
   const n = line.length;
-  if (n <= CRC_SUFFIX_BYTES + 1 || line[n - 1] !== 0x7d /* } */) return false;
-  const suffix = Buffer.from(line.buffer, line.byteOffset + n - CRC_SUFFIX_BYTES, CRC_SUFFIX_BYTES).toString("latin1");
-  if (!suffix.startsWith(',"crc":"') || !suffix.endsWith('"}')) return false;
-  const hex = suffix.slice(8, 16);
-  return /^[0-9a-f]{8}$/.test(hex) && crc32(line.subarray(0, n - CRC_SUFFIX_BYTES)) === Number.parseInt(hex, 16);
+  if (n <= CRC_SUFFIX_BYTES + 1 || line[n - 1] !== 0x7d /* } */ || line[n - 2] !== 0x22 /* " */) return false;
+  const p = n - CRC_SUFFIX_BYTES;
+  for (let i = 0; i < 8; i++) if (line[p + i] !== CRC_PREFIX[i]) return false;
+  let crc = 0;
+  for (let i = p + 8; i < p + 16; i++) {
+    const c = line[i]!;
+    const v = c >= 48 && c <= 57 ? c - 48 : c >= 97 && c <= 102 ? c - 87 : -1; // lowercase hex, as frame writes it
+    if (v < 0) return false;
+    crc = crc * 16 + v;
+  }
+  return crc32(line.subarray(0, p)) === crc;
 }
 
 /** The record of one line (without its newline), with the crc member removed; null if the line is damaged. */

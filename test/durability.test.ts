@@ -8,7 +8,8 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { appendFileSync, readdirSync, readFileSync, statSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
 import { crc32 as zlibCrc32 } from "node:zlib";
-import { frame as frameText, unframe } from "../src/record.ts";
+import { frame as frameText, isIntactLine, unframe } from "../src/record.ts";
+import { mutate, rng } from "./support/rng.ts";
 import { BATCH, event, metric, metricsText, post, SINGLE, startServer, stopAll, storedEvents, tempDir, type Server } from "./support/harness.ts";
 
 afterAll(stopAll);
@@ -553,6 +554,27 @@ describe("framing (unit)", () => {
       copy[i] = copy[i]! ^ 0x01;
       expect(unframe(copy)).toBeNull();
     }
+  });
+
+  test("the byte-by-byte check agrees with the textual rule on 20,000 lines with a mutated end", () => {
+    // The rule as text: ends with `,"crc":"` + 8 lowercase hex + `"}`, and those hex digits are the CRC-32 of what precedes.
+    const textual = (line: Buffer) => {
+      const t = line.toString("latin1");
+      const m = /,"crc":"([0-9a-f]{8})"\}$/.exec(t);
+      return m !== null && t.length > 19 && zlibCrc32(line.subarray(0, line.length - 18)) === parseInt(m[1]!, 16);
+    };
+    const r = rng(7);
+    const alphabet = ["a", "A", "f", "F", "0", "9", "g", '"', "}", ",", ":", "c", "r", "\\", " "];
+    let intact = 0;
+    for (let i = 0; i < 20_000; i++) {
+      const line = frame([JSON.stringify({ event_id: crypto.randomUUID(), n: i })]).subarray(0, -1).toString("latin1");
+      const cut = line.length - 1 - Math.floor(r() * 22);
+      const mutated = Buffer.from(line.slice(0, cut) + (r() < 0.2 ? line.slice(cut) : mutate(r, line.slice(cut), alphabet)), "latin1");
+      const want = textual(mutated);
+      if (want) intact++;
+      expect(isIntactLine(mutated)).toBe(want);
+    }
+    expect(intact).toBeGreaterThan(2000); // the untouched ones, and mutations that changed nothing
   });
 
   test("a truncated line fails the check", () => {
