@@ -21,10 +21,11 @@ import type { LogPosition } from "./event-log.ts";
  * (ms), then `count` entries of 5 little-endian u32 (the id's four words,
  * expiry in 10 ms ticks after base), oldest first; an id may appear more
  * than once (the last one holds its expiry). A PFDEDUP2 file (the version
- * before, whose CRC left the header out) is ignored: the log is read instead.
+ * before: its CRC covers the entries only, and it has no tag) is read too.
  */
 const FILE = "dedup.snapshot";
 const MAGIC = "PFDEDUP3";
+const MAGIC_V2 = "PFDEDUP2";
 const HEADER_BYTES = 48;
 
 export interface Snapshot {
@@ -36,6 +37,8 @@ export interface Snapshot {
   position: LogPosition;
   /** The log's segmentTag at the position when it was taken (0: none). */
   tag: number;
+  /** Lets go of the file without reading it (a snapshot not used); `chunks()` read to the end does it too. */
+  close: () => void;
 }
 
 /** The window to save (DedupIndex.window()): entries read a chunk at a time, 5 words each. */
@@ -199,10 +202,12 @@ export function readSnapshot(dataDir: string, onDamaged: () => void = () => {}):
     }
   };
   try {
-    if (!readAll(header, HEADER_BYTES, 0) || header.toString("latin1", 0, 8) !== MAGIC) return close(fd);
+    if (!readAll(header, HEADER_BYTES, 0)) return close(fd);
+    const magic = header.toString("latin1", 0, 8);
+    if (magic !== MAGIC && magic !== MAGIC_V2) return close(fd);
     const count = header.readUInt32LE(8);
     if (fstatSync(fd).size !== HEADER_BYTES + count * 20) return close(fd);
-    let crc = crc32(header.subarray(16));
+    let crc = magic === MAGIC ? crc32(header.subarray(16)) : 0;
     for (const words of entries(count)) crc = crc32(new Uint8Array(words.buffer, words.byteOffset, words.byteLength), crc);
     if (crc !== header.readUInt32LE(12)) return close(fd);
     return {
@@ -216,7 +221,8 @@ export function readSnapshot(dataDir: string, onDamaged: () => void = () => {}):
       count,
       base: header.readDoubleLE(40),
       windowSec: header.readUInt32LE(16),
-      tag: header.readUInt32LE(20),
+      tag: magic === MAGIC ? header.readUInt32LE(20) : 0,
+      close: () => closeSync(fd),
       position: { segment: header.readDoubleLE(24), offset: header.readDoubleLE(32) },
     };
   } catch {
@@ -238,10 +244,12 @@ export interface TaggedLog {
  * one it was taken in (its first line differs). Loading such a snapshot
  * would keep ids the log no longer holds, or skip records it does hold.
  */
-export function snapshotMisfit(snapshot: Snapshot, log: TaggedLog): string | null {
+export function snapshotMisfit(snapshot: Pick<Snapshot, "position" | "tag">, log: TaggedLog): string | null {
   const { segment, offset } = snapshot.position;
   const end = log.durableEnd();
-  if (segment > end.segment || (segment === end.segment && offset > end.offset)) return "the event log ends before the snapshot's position";
+  // {end + 1, 0} is the end too: a rollover whose new, empty segment a power loss took back.
+  const atNextStart = segment === end.segment + 1 && offset === 0;
+  if (!atNextStart && (segment > end.segment || (segment === end.segment && offset > end.offset))) return "the event log ends before the snapshot's position";
   const tag = log.segmentTag(segment);
   if (snapshot.tag !== 0 && tag !== null && tag !== snapshot.tag) return "the segment at the snapshot's position is not the one it was taken in";
   return null;

@@ -603,7 +603,8 @@ export function* idsSince(log: EventLog, from: LogPosition, windowMs: number, no
   let at = from;
   for (;;) {
     const { records: lines, next } = log.readLines(at, 1 << 20);
-    if (lines.length === 0) return;
+    // No record but progress: a closed segment's torn tail, or a run of damaged lines, was passed.
+    if (lines.length === 0 && next.segment === at.segment && next.offset === at.offset) return;
     if (lines.length > chunk.expiries.length) chunk = { words: new Uint32Array(4 * lines.length), expiries: new Float64Array(lines.length), count: 0 };
     chunk.count = 0;
     for (const line of lines) {

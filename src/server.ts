@@ -102,6 +102,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
   const misfit = snapshot === null ? null : snapshotMisfit(snapshot, log);
   if (misfit !== null) {
     logger.warn({ reason: misfit }, "dedup snapshot does not belong to this event log, ignored; the window is read from the event log");
+    snapshot!.close();
     snapshot = null;
   }
   let from: "snapshot" | "log" = "log";
@@ -217,7 +218,9 @@ export async function serve(configFile: string | undefined): Promise<void> {
   const saveWindow = () => {
     const window = dedup.window(); // and the log's end, in the same turn: every id before it is in the window
     const position = log.durableEnd();
-    return { entries: window.count, written: writeSnapshot(config.dataDir, window, gw.config.dedupWindowMs, position, log.segmentTag(position.segment) ?? 0) };
+    // At a segment's very start there is nothing to tag (its first line may not even be durable yet): every record after is read anyway.
+    const tag = position.offset > 0 ? (log.segmentTag(position.segment) ?? 0) : 0;
+    return { entries: window.count, written: writeSnapshot(config.dataDir, window, gw.config.dedupWindowMs, position, tag) };
   };
   const checkpoints = setInterval(() => {
     const now = Date.now();

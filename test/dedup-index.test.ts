@@ -197,6 +197,9 @@ describe("reading an id back out of a stored record", () => {
   test("a record without the service's tail is parsed; no UUID id, or garbage, is none", () => {
     expect(read(`{"event_id":"${ID}","received_at":"2026-11-22T08:00:01.234Z"}`)).toEqual(want(ID));
     expect(read(`{"event_id":"${ID}x"${tail}`)).toBeNull();
+    // Years 0-99 (Date.UTC would read them as 1900-1999) take the parse.
+    const early = ',"received_at":"0050-02-28T08:00:01.234Z","key_id":"0123456789ab"}';
+    expect(read(`{"event_id":"${ID}"${early}`)).toEqual(want(ID, Date.parse("0050-02-28T08:00:01.234Z")));
     expect(read(`{"event_id":"not-a-uuid"${tail}`)).toBeNull();
     expect(read("{nope}")).toBeNull();
   });

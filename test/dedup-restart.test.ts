@@ -6,11 +6,13 @@
  * every case a retry of an acknowledged event is still a duplicate.
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import { existsSync, readdirSync, readFileSync, unlinkSync, writeFileSync } from "node:fs";
+import { appendFileSync, existsSync, readdirSync, readFileSync, readlinkSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { DedupIndex } from "../src/dedup.ts";
+import { DedupIndex, idsFromLog } from "../src/dedup.ts";
 import { CheckpointSchedule, readSnapshot, snapshotMisfit, writeSnapshot } from "../src/dedup-snapshot.ts";
-import { EventLog } from "../src/event-log.ts";
+import { EventLog, segmentName } from "../src/event-log.ts";
+import { parseUuid } from "../src/events.ts";
+import { crc32 } from "node:zlib";
 import { BATCH, event, post, startServer, stopAll, tempDir } from "./support/harness.ts";
 
 afterAll(stopAll);
@@ -72,6 +74,9 @@ describe("duplicate window across restarts", () => {
     const second = await startServer({ dataDir });
     expect(started(second)).toMatchObject({ dedup_ids_restored: 0, dedup_restored_from: "log" });
     expect(second.logs().find((l) => /does not belong to this event log/.test(l.msg))).toMatchObject({ level: "warn", reason: "the event log ends before the snapshot's position" });
+    // The snapshot it did not use is not held open (its disk space would outlive the next checkpoint's rename).
+    const open = readdirSync(`/proc/${second.proc.pid}/fd`).map((fd) => { try { return readlinkSync(`/proc/${second.proc.pid}/fd/${fd}`); } catch { return ""; } });
+    expect(open.some((target) => target.includes("dedup.snapshot"))).toBe(false);
     expect((await sendBatch(second, events)).body).toEqual({ accepted: 30, duplicates: 0 });
   });
 
@@ -230,6 +235,57 @@ describe("the snapshot file, in-process", () => {
     expect(log.segmentTag(position.segment)).not.toBe(tag);
     expect(snapshotMisfit(snap, log)).toBe("the segment at the snapshot's position is not the one it was taken in");
     expect(snapshotMisfit({ ...snap, tag: 0 }, log)).toBeNull(); // no tag (taken at a segment's very start): not checked
+    // The start of the segment after the last one is the log's end too (a rollover whose empty segment a power loss took back).
+    const end = log.durableEnd();
+    expect(snapshotMisfit({ position: { segment: end.segment + 1, offset: 0 }, tag: 0 }, log)).toBeNull();
+    expect(snapshotMisfit({ position: { segment: end.segment + 1, offset: 1 }, tag: 0 }, log)).toBe("the event log ends before the snapshot's position");
+    await log.close();
+  });
+
+  test("a snapshot of the version before (PFDEDUP2: no tag, its CRC over the entries only) is read; one not used lets go of its file", async () => {
+    const dataDir = tempDir();
+    const ids = Array.from({ length: 3 }, () => crypto.randomUUID());
+    const entries = new Uint32Array(15);
+    ids.forEach((id, i) => {
+      parseUuid(id, entries, 5 * i);
+      entries[5 * i + 4] = 4_000_000_000; // ticks after base: far ahead
+    });
+    const header = Buffer.alloc(48);
+    header.write("PFDEDUP2", 0, "latin1");
+    header.writeUInt32LE(3, 8);
+    header.writeUInt32LE(crc32(new Uint8Array(entries.buffer)), 12);
+    header.writeUInt32LE(86_400, 16);
+    header.writeDoubleLE(1, 24);
+    header.writeDoubleLE(0, 32);
+    header.writeDoubleLE(Date.now(), 40);
+    writeFileSync(join(dataDir, "dedup.snapshot"), Buffer.concat([header, Buffer.from(entries.buffer)]));
+    const fds = () => readdirSync("/proc/self/fd").length;
+    const before = fds();
+    const snap = readSnapshot(dataDir)!;
+    expect({ count: snap.count, tag: snap.tag, position: snap.position }).toEqual({ count: 3, tag: 0, position: { segment: 1, offset: 0 } });
+    expect(fds()).toBe(before + 1);
+    snap.close();
+    expect(fds()).toBe(before);
+    const restored = new DedupIndex(86_400_000, 100);
+    restored.importIds(readSnapshot(dataDir)!.chunks(), 3, Date.now());
+    expect((await restored.claim(ids)).duplicates).toBe(3);
+    expect(fds()).toBe(before); // read to the end: closed
+  });
+
+  test("the replay goes on past a closed segment's torn tail", async () => {
+    const dataDir = tempDir();
+    const limits = { segmentBytes: 4096, retentionMs: 86_400_000, maxBytes: 1 << 30 };
+    let log = EventLog.open(dataDir, limits);
+    const at = new Date().toISOString();
+    const ids = Array.from({ length: 60 }, () => crypto.randomUUID());
+    for (const id of ids) await log.append([`{"event_id":"${id}","pad":"${"x".repeat(200)}","received_at":"${at}","key_id":"0123456789ab"}`]);
+    expect(log.segments().length).toBeGreaterThan(2);
+    await log.close();
+    appendFileSync(join(dataDir, segmentName(log.segments()[0]!)), '{"event_id":"torn'); // no newline
+    log = EventLog.open(dataDir, limits);
+    const dedup = new DedupIndex(86_400_000, 1000);
+    dedup.restore(idsFromLog(log, 86_400_000));
+    expect(dedup.size).toBe(60);
     await log.close();
   });
 });
