@@ -111,8 +111,14 @@ function call<T>(run: (cb: (err: NodeJS.ErrnoException | null, value?: T) => voi
   return new Promise<T>((resolve, reject) => run((err, value) => (err ? reject(err) : resolve(value as T))));
 }
 
-/** Checkpoints are at least this far apart; after a failure the next waits RETRY_MIN_MS, doubling up to RETRY_MAX_MS. */
-const CHECKPOINT_MIN_MS = 5000;
+/**
+ * Checkpoints are at least CHECKPOINT_MIN_MS apart, and the pause after one
+ * is DUTY times as long as it took (a checkpoint writes at most a tenth of
+ * the time); after a failure the next waits RETRY_MIN_MS, doubling up to
+ * RETRY_MAX_MS.
+ */
+const CHECKPOINT_MIN_MS = 1000;
+const DUTY = 10;
 const RETRY_MIN_MS = 60_000;
 const RETRY_MAX_MS = 600_000;
 
@@ -121,7 +127,7 @@ const RETRY_MAX_MS = 600_000;
  * reach a quarter of the window (at least 100,000, at most 1,000,000), so
  * that a restart after a crash reads at most about a million records of the
  * log and each id is written to checkpoints a few times over its life; at
- * least 5 s apart, and after a failure (a full disk, say: the file needs
+ * most a tenth of the time spent writing them, and after a failure (a full disk, say: the file needs
  * room the storage cap does not count) only after a growing pause, so that
  * failing rewrites never take the disk from the event log for long.
  */
@@ -141,11 +147,11 @@ export class CheckpointSchedule {
     return now >= this.notBefore && fresh >= Math.max(100_000, Math.min(1_000_000, held / 4));
   }
 
-  /** A checkpoint that began when the index had counted `added` ids is written. */
-  written(now: number, added: number): void {
+  /** A checkpoint that began when the index had counted `added` ids is written; it took `tookMs`. */
+  written(now: number, added: number, tookMs: number): void {
     this.added = added;
     this.retryMs = 0;
-    this.notBefore = now + CHECKPOINT_MIN_MS;
+    this.notBefore = now + Math.max(CHECKPOINT_MIN_MS, DUTY * tookMs);
   }
 
   failed(now: number): void {

@@ -229,7 +229,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
     const { entries, written } = saveWindow();
     checkpoint = written
       .then(() => {
-        schedule.written(Date.now(), added);
+        schedule.written(Date.now(), added, Date.now() - now);
         logger.info({ entries, ms: Date.now() - now }, "duplicate window checkpointed");
       })
       .catch((err: Error) => {
