@@ -6,7 +6,7 @@ import type { LogPosition } from "./event-log.ts";
 /**
  * The duplicate window saved in the data dir (`dedup.snapshot`) at a clean
  * shutdown and, as a checkpoint, in the background while the service runs
- * (see checkpointDue), so that a restart, after a crash too, loads millions
+ * (see CheckpointSchedule), so that a restart, after a crash too, loads millions
  * of ids in a fraction of a second instead of re-parsing a day of the event
  * log. It says where in the log it was taken; start-up adds the ids of the
  * records written after that point. Every id committed before it was taken
@@ -127,9 +127,10 @@ const RETRY_MAX_MS = 600_000;
  * reach a quarter of the window (at least 100,000, at most 1,000,000), so
  * that a restart after a crash reads at most about a million records of the
  * log and each id is written to checkpoints a few times over its life; at
- * most a tenth of the time spent writing them, and after a failure (a full disk, say: the file needs
- * room the storage cap does not count) only after a growing pause, so that
- * failing rewrites never take the disk from the event log for long.
+ * most a tenth of the time spent writing them; and after a failure (a full
+ * disk, say: the file needs room the storage cap does not count) only after
+ * a growing pause, so that failing rewrites never take the disk from the
+ * event log for long.
  */
 export class CheckpointSchedule {
   private notBefore: number;
@@ -182,7 +183,7 @@ export function readSnapshot(dataDir: string, onDamaged: () => void = () => {}):
   } catch {
     return null;
   }
-  const close = (fd: number) => {
+  const damaged = (fd: number) => {
     closeSync(fd);
     onDamaged();
     return null;
@@ -208,14 +209,14 @@ export function readSnapshot(dataDir: string, onDamaged: () => void = () => {}):
     }
   };
   try {
-    if (!readAll(header, HEADER_BYTES, 0)) return close(fd);
+    if (!readAll(header, HEADER_BYTES, 0)) return damaged(fd);
     const magic = header.toString("latin1", 0, 8);
-    if (magic !== MAGIC && magic !== MAGIC_V2) return close(fd);
+    if (magic !== MAGIC && magic !== MAGIC_V2) return damaged(fd);
     const count = header.readUInt32LE(8);
-    if (fstatSync(fd).size !== HEADER_BYTES + count * 20) return close(fd);
+    if (fstatSync(fd).size !== HEADER_BYTES + count * 20) return damaged(fd);
     let crc = magic === MAGIC ? crc32(header.subarray(16)) : 0;
     for (const words of entries(count)) crc = crc32(new Uint8Array(words.buffer, words.byteOffset, words.byteLength), crc);
-    if (crc !== header.readUInt32LE(12)) return close(fd);
+    if (crc !== header.readUInt32LE(12)) return damaged(fd);
     return {
       chunks: function* () {
         try {
@@ -232,7 +233,7 @@ export function readSnapshot(dataDir: string, onDamaged: () => void = () => {}):
       position: { segment: header.readDoubleLE(24), offset: header.readDoubleLE(32) },
     };
   } catch {
-    return close(fd);
+    return damaged(fd);
   }
 }
 

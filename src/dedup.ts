@@ -1,3 +1,4 @@
+import type { WindowSource } from "./dedup-snapshot.ts";
 import type { EventLog, LogPosition } from "./event-log.ts";
 import { parseUuid } from "./events.ts";
 import { storedId } from "./record.ts";
@@ -9,13 +10,6 @@ import { storedId } from "./record.ts";
  * instead of guessing. A failed write (`release`) leaves the id unseen, so the
  * client's retry is stored: the old service lost events exactly there.
  */
-/** Ids with their expiries (ms): words[4i, 4i + 4) and expiries[i] for i < count (the arrays are reused by the next chunk). */
-export interface IdChunk {
-  words: Uint32Array;
-  expiries: Float64Array;
-  count: number;
-}
-
 export interface Claim {
   /** owned[i]: this request must store event i; otherwise it is a duplicate. */
   readonly owned: boolean[];
@@ -33,6 +27,8 @@ export class DedupIndex {
   /** Settles when the claim of that number commits or releases (requests waiting on its ids). */
   private readonly holders = new Map<number, { claim: Claim; settled: Promise<void>; wake: () => void }>();
   private lastOwner = 0;
+  /** Times the expiries were rebased (see tick): a snapshot taken before one is stale. */
+  private rebases = 0;
   /** Expiries are held as 10 ms ticks after this time (ms), so 32 bits last 497 days; see tick(). */
   private base = Math.floor((Date.now() - 86_400_000) / TICK_MS) * TICK_MS;
 
@@ -198,12 +194,10 @@ export class DedupIndex {
    * ms), read in chunks later (IdTable.frozen). `stale()` turns true if the
    * expiries were rebased meanwhile (once in 497 days): such a snapshot is dropped.
    */
-  window(): { count: number; base: number; chunks: () => Generator<Uint32Array>; stale: () => boolean } {
+  window(): WindowSource {
     const rebases = this.rebases;
     return { ...this.table.frozen(), base: this.base, stale: () => this.rebases !== rebases };
   }
-
-  private rebases = 0;
 
   /**
    * Start-up from a snapshot of `count` entries, read in chunks of 5 words each
@@ -576,6 +570,13 @@ function idHash(a: number, b: number, c: number, d: number): number {
 /** The home slot of a hash in a table of `n` slots: its top bits (the multiply-shift range reduction). */
 function homeOf(hash: number, n: number): number {
   return Math.floor((hash / 4294967296) * n);
+}
+
+/** Ids with their expiries (ms): words[4i, 4i + 4) and expiries[i] for i < count (the arrays are reused by the next chunk). */
+export interface IdChunk {
+  words: Uint32Array;
+  expiries: Float64Array;
+  count: number;
 }
 
 /**

@@ -194,6 +194,7 @@ function isoMs(b: Uint8Array, p: number): number {
   };
   const sep = (i: number, c: string) => b[p + i] === c.charCodeAt(0);
   if (!(sep(4, "-") && sep(7, "-") && sep(10, "T") && sep(13, ":") && sep(16, ":") && sep(19, ".") && sep(23, "Z"))) return NaN;
-  if (n(0, 4) < 100) return NaN; // Date.UTC reads years 0-99 as 1900-1999: the caller parses those
-  return Date.UTC(n(0, 4), n(5, 2) - 1, n(8, 2), n(11, 2), n(14, 2), n(17, 2), n(20, 3));
+  const year = n(0, 4);
+  if (year < 100) return NaN; // Date.UTC reads years 0-99 as 1900-1999: the caller parses those
+  return Date.UTC(year, n(5, 2) - 1, n(8, 2), n(11, 2), n(14, 2), n(17, 2), n(20, 3));
 }

@@ -229,8 +229,9 @@ export async function serve(configFile: string | undefined): Promise<void> {
     const { entries, written } = saveWindow();
     checkpoint = written
       .then(() => {
-        schedule.written(Date.now(), added, Date.now() - now);
-        logger.info({ entries, ms: Date.now() - now }, "duplicate window checkpointed");
+        const ms = Date.now() - now;
+        schedule.written(now + ms, added, ms);
+        logger.info({ entries, ms }, "duplicate window checkpointed");
       })
       .catch((err: Error) => {
         schedule.failed(Date.now());
