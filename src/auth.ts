@@ -75,8 +75,9 @@ export interface KeyEntry {
 }
 
 export type AuthResult =
-  | { ok: true; digest: string; keyId: string; entry: KeyEntry }
-  | { ok: false; reason: DenialReason; digest: string | null; entry: KeyEntry | null; expired?: true };
+  | { ok: true; keyId: string; entry: KeyEntry }
+  /** `presented`: the SHA-256 of the token presented (see keyIdOfBytes), null when there was none. */
+  | { ok: false; reason: DenialReason; presented: Uint8Array | null; entry: KeyEntry | null; expired?: true };
 
 export interface KeyCounts {
   active: number;
@@ -89,42 +90,185 @@ export interface KeyCounts {
 /** "Expiring soon" for check-config: within a week, as the alert warns. */
 export const EXPIRING_SOON_MS = 7 * 86_400_000;
 
+/** keyIdOf for a digest in bytes (a denied request's key, only when its log line is written). */
+export function keyIdOfBytes(digest: Uint8Array): string {
+  return Buffer.from(digest.buffer, digest.byteOffset, 6).toString("hex");
+}
+
+const DIGEST_BYTES = 32;
+const WORDS = DIGEST_BYTES / 4;
+/** Bits of KeyRing.flags. */
+const REVOKED = 1;
+const NAMED = 2;
+/** Where a presented digest is copied to be compared a word at a time (the same byte order as the ring's words). */
+const probe = new Uint8Array(DIGEST_BYTES);
+const probeWords = new Uint32Array(probe.buffer);
+const HEX_DIGITS = new TextEncoder().encode("0123456789abcdef");
+
 /**
  * The configured keys, held as digests. A lookup hashes the presented token
- * once and probes one map, then compares the entry's own expiry with the
+ * once and probes one table, then compares the entry's own expiry with the
  * clock, so its cost does not depend on how many keys are configured, and no
  * comparison ever runs on a secret: equal-length digests of an unknown
  * preimage reveal nothing through timing.
+ *
+ * The digests sit in one byte array (32 bytes each, in the order they were
+ * configured), with a flag byte each and an open-addressing table of their
+ * positions keyed by their first 32 bits (SHA-256's bits are uniform): a ring
+ * of 100,000 keys is a few MB in four arrays, not 100,000 objects, strings
+ * and Map entries to build on every reload. An entry object is made for a
+ * key the first time it is used (named clients' at loading).
+ *
+ * Built by the config loader (add, name, revokeAt), then never changed.
  */
 export class KeyRing {
+  private n = 0;
+  private bytes = new Uint8Array(64 * DIGEST_BYTES);
+  private words = new Uint32Array(this.bytes.buffer);
+  private flags = new Uint8Array(64);
+  /** Position + 1 of each digest, 0 for empty; at most half full. */
+  private slots = new Int32Array(128);
+  /** Named clients' entries (from loading), and env keys' entries once used. */
+  private readonly entries = new Map<number, KeyEntry>();
   private canonical: string | null = null;
   private clientBuckets: Set<string> | null = null;
   private ordered: DigestOrder | null = null;
 
-  /** `entries` is keyed by digest; the ring owns it from now on (not copied: a reload may hold 100,000 keys). */
-  constructor(private readonly entries: ReadonlyMap<string, KeyEntry>) {}
-
-  all(): KeyEntry[] {
-    return [...this.entries.values()];
-  }
+  /** `defaults`: the limits of keys from the env lists. */
+  constructor(private readonly defaults: Limits) {}
 
   get size(): number {
-    return this.entries.size;
+    return this.n;
   }
 
-  values(): IterableIterator<KeyEntry> {
-    return this.entries.values();
+  /** Allows a key from the env lists (or revokes it: revocation wins and stays). */
+  add(digest: Uint8Array, revoked: boolean): void {
+    let i = this.indexOf(digest);
+    if (i < 0) i = this.append(digest);
+    if (revoked) this.revokeAt(i);
   }
 
+  /** Makes the key a named client's (its name and options); a revocation from the env lists stays. */
+  name(digest: Uint8Array, entry: KeyEntry): void {
+    let i = this.indexOf(digest);
+    if (i < 0) i = this.append(digest);
+    if (this.flags[i]! & REVOKED) entry.revoked = true;
+    this.flags[i] = (entry.revoked ? REVOKED : 0) | NAMED;
+    this.entries.set(i, entry);
+  }
+
+  revokeAt(i: number): void {
+    this.flags[i]! |= REVOKED;
+    const named = this.entries.get(i);
+    if (named !== undefined) named.revoked = true;
+  }
+
+  /** Positions of the keys by key_id (the first 48 bits of their digest, see keyIdNumber), for revocations that name one. */
+  *byKeyId(): Sliced<Map<number, number[]>> {
+    const index = new Map<number, number[]>();
+    for (let i = 0; i < this.n; i += PAUSE_EVERY) {
+      this.indexKeyIds(index, i, Math.min(this.n, i + PAUSE_EVERY));
+      yield;
+    }
+    return index;
+  }
+
+  private indexKeyIds(index: Map<number, number[]>, from: number, to: number): void {
+    const b = this.bytes;
+    for (let i = from; i < to; i++) {
+      const o = i * DIGEST_BYTES;
+      const id = (b[o]! * 0x1000000 + b[o + 1]! * 0x10000 + b[o + 2]! * 0x100 + b[o + 3]!) * 0x10000 + b[o + 4]! * 0x100 + b[o + 5]!;
+      const same = index.get(id);
+      if (same === undefined) index.set(id, [i]);
+      else same.push(i);
+    }
+  }
+
+  /** Whether some key is allowed and not revoked. */
+  someActive(): boolean {
+    for (let i = 0; i < this.n; i++) if (!(this.flags[i]! & REVOKED)) return true;
+    return false;
+  }
+
+  /** Position of a digest, or -1. */
+  private indexOf(digest: Uint8Array): number {
+    for (let k = 0; k < DIGEST_BYTES; k++) probe[k] = digest[k]!; // not set(): a native call costs more than 32 bytes
+    const w = probeWords;
+    const words = this.words;
+    const mask = this.slots.length - 1;
+    for (let s = w[0]! & mask; ; s = (s + 1) & mask) {
+      const v = this.slots[s]!;
+      if (v === 0) return -1;
+      const o = (v - 1) * WORDS;
+      if (words[o] === w[0] && words[o + 1] === w[1] && words[o + 2] === w[2] && words[o + 3] === w[3] &&
+          words[o + 4] === w[4] && words[o + 5] === w[5] && words[o + 6] === w[6] && words[o + 7] === w[7]) return v - 1;
+    }
+  }
+
+  private append(digest: Uint8Array): number {
+    if (this.n === this.flags.length) this.grow();
+    const i = this.n++;
+    for (let k = 0, o = i * DIGEST_BYTES; k < DIGEST_BYTES; k++) this.bytes[o + k] = digest[k]!;
+    this.place(i);
+    return i;
+  }
+
+  private place(i: number): void {
+    const mask = this.slots.length - 1;
+    let s = this.words[i * WORDS]! & mask;
+    while (this.slots[s] !== 0) s = (s + 1) & mask;
+    this.slots[s] = i + 1;
+  }
+
+  private grow(): void {
+    const cap = this.flags.length * 2;
+    const bytes = new Uint8Array(cap * DIGEST_BYTES);
+    bytes.set(this.bytes);
+    const flags = new Uint8Array(cap);
+    flags.set(this.flags);
+    this.bytes = bytes;
+    this.words = new Uint32Array(bytes.buffer);
+    this.flags = flags;
+    this.slots = new Int32Array(cap * 2);
+    for (let i = 0; i < this.n; i++) this.place(i);
+  }
+
+  /** The entry of the key at a position, made at its first use. */
+  private entryAt(i: number): KeyEntry {
+    let e = this.entries.get(i);
+    if (e === undefined) {
+      const digest = Buffer.from(this.bytes.buffer, i * DIGEST_BYTES, DIGEST_BYTES).toString("hex");
+      this.entries.set(i, (e = anonymousEntry(digest, (this.flags[i]! & REVOKED) !== 0, this.defaults)));
+    }
+    return e;
+  }
+
+  /** Every entry (O(keys) objects: for check-config and tests, never per request or reload). */
+  all(): KeyEntry[] {
+    return Array.from({ length: this.n }, (_, i) => this.entryAt(i));
+  }
+
+  /** Named clients' entries. */
+  named(): KeyEntry[] {
+    const list: KeyEntry[] = [];
+    for (const [i, e] of this.entries) if (this.flags[i]! & NAMED) list.push(e);
+    return list;
+  }
+
+  /** The entry of a digest (hex), if configured. */
   get(digest: string): KeyEntry | undefined {
-    return this.entries.get(digest);
+    const bytes = Buffer.from(digest, "hex");
+    if (bytes.length !== DIGEST_BYTES) return undefined;
+    const i = this.indexOf(bytes);
+    return i < 0 ? undefined : this.entryAt(i);
   }
 
   /**
    * SHA-256 (hex) over every key's digest, client, revocation, expiry and
    * limits, in digest order: what the fingerprints need of the keys, computed
-   * once per ring (a reload of 100,000 keys used to sort and JSON-encode them
-   * three times).
+   * once per ring. The bytes are one line per key, `<digest hex> <client>
+   * <0|1> <not_after ms|Infinity> <rps> <burst>`, as in every version since
+   * fingerprints exist, so instances of different versions compare.
    */
   contentDigest(): string {
     return (this.canonical ??= runSync(this.hashContent()));
@@ -136,120 +280,138 @@ export class KeyRing {
    * reload costs O(buckets in use), not O(keys).
    */
   hasLiveBucket(bucket: string): boolean {
-    const e = this.entries.get(bucket); // an env key's bucket is its digest
+    const e = this.get(bucket); // an env key's bucket is its digest
     if (e !== undefined && e.bucket === bucket) return !e.revoked;
-    return (this.clientBuckets ??= runSync(this.collectClientBuckets())).has(bucket);
+    return (this.clientBuckets ??= new Set(this.named().filter((c) => !c.revoked).map((c) => c.bucket))).has(bucket);
   }
 
   /** Computes what a reload needs of the ring in advance, in slices (see runSliced). */
   *prepare(): Sliced<void> {
     this.canonical ??= yield* this.hashContent();
-    this.clientBuckets ??= yield* this.collectClientBuckets();
   }
 
-  /** The entries in digest order (kept for the next reload's diff, see keyChanges). */
+  /** The positions in digest order (kept for the next reload's diff, see keyChanges). */
   *inOrder(): Sliced<DigestOrder> {
     return (this.ordered ??= yield* this.sortByDigest());
   }
 
-  private *hashContent(): Sliced<string> {
-    const sorted = (yield* this.inOrder()).entries;
-    // Keys from the env lists share their line's end: one native join per run of equal ends.
-    const shared = new Map<Limits, string>();
-    let lastLimits: Limits | null = null;
-    let lastTail = "";
-    const tail = (e: KeyEntry) => {
-      if (e.client !== null || e.revoked || e.notAfter !== Infinity) return ` ${e.client ?? ""} ${e.revoked ? 1 : 0} ${e.notAfter} ${e.limits.rps} ${e.limits.burst}\n`;
-      if (e.limits === lastLimits) return lastTail;
-      let t = shared.get(e.limits);
-      if (t === undefined) shared.set(e.limits, (t = `  0 Infinity ${e.limits.rps} ${e.limits.burst}\n`));
-      lastLimits = e.limits;
-      return (lastTail = t);
-    };
-    const sha = createHash("sha256");
-    const run: string[] = [];
-    let runTail = "";
-    for (let i = 0; i < sorted.length; i++) {
-      const e = sorted[i]!;
-      const t = tail(e);
-      if (t !== runTail || run.length === PAUSE_EVERY) {
-        if (run.length > 0) sha.update(run.join(runTail) + runTail); // the same bytes as one update per key
-        run.length = 0;
-        runTail = t;
-        yield;
-      }
-      run.push(e.digest);
+  isRevokedAt(i: number): boolean {
+    return (this.flags[i]! & REVOKED) !== 0;
+  }
+
+  /** Digest order of this ring's key at `i` and `other`'s at `j`: < 0, 0 (the same key) or > 0. */
+  compareAt(i: number, other: KeyRing, j: number): number {
+    const a = this.bytes;
+    const b = other.bytes;
+    for (let k = 0, x = i * DIGEST_BYTES, y = j * DIGEST_BYTES; k < DIGEST_BYTES; k++, x++, y++) {
+      if (a[x] !== b[y]) return a[x]! - b[y]!;
     }
-    if (run.length > 0) sha.update(run.join(runTail) + runTail);
+    return 0;
+  }
+
+  private *hashContent(): Sliced<string> {
+    const { order } = yield* this.inOrder();
+    const sha = createHash("sha256");
+    const lines = new ContentLines(this.defaults);
+    for (let k = 0; k < order.length; k += PAUSE_EVERY) {
+      sha.update(lines.write(this, order.subarray(k, k + PAUSE_EVERY)));
+      yield;
+    }
     return sha.digest("hex");
   }
 
-  /**
-   * The entries in digest order without comparing 100,000 strings (a string
-   * `<` costs ~0.2 µs on Bun): a digest is lowercase hex, so its first 7
-   * digits as a number order it, sorted natively with the entry's index below
-   * them; digests sharing those 28 bits (a few pairs among 100,000) are
-   * ordered as strings.
-   */
-  private *sortByDigest(): Sliced<DigestOrder> {
-    const n = this.entries.size;
-    const list = new Array<KeyEntry>(n);
-    const order = new Float64Array(n);
-    let i = 0;
-    for (const e of this.entries.values()) {
-      list[i] = e;
-      order[i] = digestPrefix(e.digest) * INDEX_SPAN + i;
-      if (++i % PAUSE_EVERY === 0) yield;
+  /** The bytes of the digest at `i`, as lowercase hex, into `out` at `o`; returns the end. */
+  hexInto(i: number, out: Uint8Array, o: number): number {
+    const b = this.bytes;
+    for (let x = i * DIGEST_BYTES, end = x + DIGEST_BYTES; x < end; x++) {
+      const v = b[x]!;
+      out[o++] = HEX_DIGITS[v >> 4]!;
+      out[o++] = HEX_DIGITS[v & 15]!;
     }
-    if (n > INDEX_SPAN) {
-      // Beyond the packed form's reach.
-      const entries = list.sort(byDigest);
-      return { entries, prefixes: Uint32Array.from(entries, (e) => digestPrefix(e.digest)) };
-    }
-    order.sort();
-    yield;
-    const entries = new Array<KeyEntry>(n);
-    const prefixes = new Uint32Array(n);
-    for (let i = 0, pause = PAUSE_EVERY; i < n; ) {
-      if (i >= pause) {
-        pause += PAUSE_EVERY;
-        yield;
-      }
-      const p = Math.floor(order[i]! / INDEX_SPAN);
-      let j = i;
-      for (; j < n && order[j]! < (p + 1) * INDEX_SPAN; j++) {
-        entries[j] = list[order[j]! - p * INDEX_SPAN]!;
-        prefixes[j] = p;
-      }
-      if (j - i > 1) {
-        const run = entries.slice(i, j).sort(byDigest);
-        for (let k = i; k < j; k++) entries[k] = run[k - i]!;
-      }
-      i = j;
-    }
-    return { entries, prefixes };
+    return o;
   }
 
-  /** Buckets of named clients that are not revoked. */
-  private *collectClientBuckets(): Sliced<Set<string>> {
-    const live = new Set<string>();
-    let n = 0;
-    for (const e of this.entries.values()) {
-      if (!e.revoked && e.bucket !== e.digest) live.add(e.bucket);
-      if (++n % PAUSE_EVERY === 0) yield;
+  /** The line end of the key at `i` in the content digest (see contentDigest). */
+  lineEnd(i: number, plain: readonly Uint8Array[]): Uint8Array {
+    const f = this.flags[i]!;
+    if (!(f & NAMED)) return plain[f & REVOKED]!;
+    const e = this.entries.get(i)!;
+    return new TextEncoder().encode(` ${e.client ?? ""} ${e.revoked ? 1 : 0} ${e.notAfter} ${e.limits.rps} ${e.limits.burst}\n`);
+  }
+
+  /** A digest's first 7 hex digits as a number (its first 28 bits): digests with smaller prefixes sort first. */
+  private prefixAt(i: number): number {
+    const o = i * DIGEST_BYTES;
+    const b = this.bytes;
+    return b[o]! * 0x100000 + b[o + 1]! * 0x1000 + b[o + 2]! * 0x10 + (b[o + 3]! >> 4);
+  }
+
+  /**
+   * The positions in digest order without comparing 100,000 digests one by
+   * one: each digest's first 28 bits as a number, with its position below
+   * them, sorted natively; digests sharing those 28 bits (a few pairs among
+   * 100,000) are ordered by their bytes.
+   */
+  private *sortByDigest(): Sliced<DigestOrder> {
+    const n = this.n;
+    const byBytes = (x: number, y: number) => this.compareAt(x, this, y);
+    if (n > INDEX_SPAN) {
+      // Beyond the packed form's reach.
+      const order = Int32Array.from({ length: n }, (_, i) => i).sort(byBytes);
+      return { order, prefixes: Uint32Array.from(order, (i) => this.prefixAt(i)) };
     }
-    return live;
+    const packed = new Float64Array(n);
+    for (let i = 0; i < n; i += PAUSE_EVERY) {
+      this.packPrefixes(packed, i, Math.min(n, i + PAUSE_EVERY));
+      yield;
+    }
+    packed.sort();
+    yield;
+    const order = new Int32Array(n);
+    const prefixes = new Uint32Array(n);
+    for (let i = 0; i < n; ) {
+      i = this.unpack(packed, i, Math.min(n, i + PAUSE_EVERY), order, prefixes);
+      yield;
+    }
+    return { order, prefixes };
+  }
+
+  /** Each digest's prefix with its position below it (the work of sortByDigest's slices is in plain methods: see ContentLines). */
+  private packPrefixes(packed: Float64Array, from: number, to: number): void {
+    for (let i = from; i < to; i++) packed[i] = this.prefixAt(i) * INDEX_SPAN + i;
+  }
+
+  /** Positions and prefixes from the sorted packed form, from `from` to at least `to` (a run of equal prefixes is not split); returns where it stopped. */
+  private unpack(packed: Float64Array, from: number, to: number, order: Int32Array, prefixes: Uint32Array): number {
+    const n = packed.length;
+    let i = from;
+    while (i < to) {
+      const p = Math.floor(packed[i]! / INDEX_SPAN);
+      let j = i;
+      for (; j < n && packed[j]! < (p + 1) * INDEX_SPAN; j++) {
+        order[j] = packed[j]! - p * INDEX_SPAN;
+        prefixes[j] = p;
+      }
+      if (j - i > 1) order.subarray(i, j).sort((x, y) => this.compareAt(x, this, y));
+      i = j;
+    }
+    return i;
   }
 
   /** Counts by state at `now` (O(keys): for scrapes and check-config, never per request). */
   counts(now = Date.now()): KeyCounts {
     const c: KeyCounts = { active: 0, revoked: 0, expired: 0, expiringSoon: 0 };
-    for (const e of this.entries.values()) {
-      if (e.revoked) c.revoked++;
-      else if (now >= e.notAfter) c.expired++;
+    for (let i = 0; i < this.n; i++) {
+      const f = this.flags[i]!;
+      if (f & REVOKED) c.revoked++;
+      else if (!(f & NAMED)) c.active++; // env keys never expire
       else {
-        c.active++;
-        if (e.notAfter - now <= EXPIRING_SOON_MS) c.expiringSoon++;
+        const notAfter = this.entries.get(i)!.notAfter;
+        if (now >= notAfter) c.expired++;
+        else {
+          c.active++;
+          if (notAfter - now <= EXPIRING_SOON_MS) c.expiringSoon++;
+        }
       }
     }
     return c;
@@ -257,40 +419,66 @@ export class KeyRing {
 
   authenticate(authorizationHeader: string | null, now = Date.now()): AuthResult {
     const token = bearerToken(authorizationHeader);
-    if (token === null) return { ok: false, reason: "missing_key", digest: null, entry: null };
-    const digest = keyDigest(token);
-    const entry = this.entries.get(digest);
-    if (entry === undefined) return { ok: false, reason: "invalid_key", digest, entry: null };
-    if (entry.revoked) return { ok: false, reason: "revoked_key", digest, entry };
+    if (token === null) return { ok: false, reason: "missing_key", presented: null, entry: null };
+    const presented = hash("sha256", token, "buffer") as Uint8Array;
+    const i = this.indexOf(presented);
+    if (i < 0) return { ok: false, reason: "invalid_key", presented, entry: null };
+    const entry = this.entryAt(i);
+    if (entry.revoked) return { ok: false, reason: "revoked_key", presented, entry };
     // An expired key is a deliberately retired one: the runbook's revoked_key.
-    if (now >= entry.notAfter) return { ok: false, reason: "revoked_key", digest, entry, expired: true };
-    return { ok: true, digest, keyId: entry.keyId, entry };
+    if (now >= entry.notAfter) return { ok: false, reason: "revoked_key", presented, entry, expired: true };
+    return { ok: true, keyId: entry.keyId, entry };
   }
 }
 
-/** A ring's entries in digest order, with each digest's first 28 bits (digestPrefix) to compare them cheaply. */
+/**
+ * Writes the content digest's lines of a run of keys into one reused buffer
+ * (a plain function, not the slicing generator: JSC keeps a generator's
+ * locals in a heap object, which makes a byte loop inside one several times
+ * slower).
+ */
+class ContentLines {
+  private buf = new Uint8Array(PAUSE_EVERY * 96);
+  /** An env key's line end is one of two: not revoked, revoked. */
+  private readonly plain: Uint8Array[];
+
+  constructor(defaults: Limits) {
+    const { rps, burst } = defaults;
+    this.plain = [new TextEncoder().encode(`  0 Infinity ${rps} ${burst}\n`), new TextEncoder().encode(`  1 Infinity ${rps} ${burst}\n`)];
+  }
+
+  write(ring: KeyRing, positions: Int32Array): Uint8Array {
+    let o = 0;
+    for (let k = 0; k < positions.length; k++) {
+      const i = positions[k]!;
+      const end = ring.lineEnd(i, this.plain);
+      if (o + 2 * DIGEST_BYTES + end.length > this.buf.length) {
+        const bigger = new Uint8Array(2 * (this.buf.length + end.length));
+        bigger.set(this.buf.subarray(0, o));
+        this.buf = bigger;
+      }
+      o = ring.hexInto(i, this.buf, o);
+      for (let t = 0; t < end.length; t++) this.buf[o++] = end[t]!;
+    }
+    return this.buf.subarray(0, o);
+  }
+}
+
+/** A ring's positions in digest order, with each digest's first 28 bits to compare them cheaply. */
 export interface DigestOrder {
-  entries: readonly KeyEntry[];
+  order: Int32Array;
   prefixes: Uint32Array;
 }
 
-/** The first 7 hex digits of a (lowercase hex) digest as a number: digests with smaller prefixes sort first. */
-export function digestPrefix(digest: string): number {
-  let p = 0;
-  for (let k = 0; k < 7; k++) {
-    const c = digest.charCodeAt(k);
-    p = p * 16 + (c <= 0x39 ? c - 0x30 : c - 0x57);
-  }
-  return p;
-}
-
-/** Digest order of two entries (digests are unique within a ring). */
-function byDigest(a: KeyEntry, b: KeyEntry): number {
-  return a.digest < b.digest ? -1 : 1;
-}
-
-/** Room below a digest prefix for an entry's index in sortByDigest's packed form (2^28 * 2^25 < 2^53). */
+/** Room below a digest prefix for a position in sortByDigest's packed form (2^28 * 2^25 < 2^53). */
 const INDEX_SPAN = 2 ** 25;
+
+/** A configured secret's digest in bytes (see configuredDigest), or null when malformed. */
+export function configuredDigestBytes(entry: string): Uint8Array | null {
+  if (!entry.startsWith(HASH_PREFIX)) return hash("sha256", entry, "buffer") as Uint8Array;
+  const hex = configuredDigest(entry);
+  return hex === null ? null : Buffer.from(hex, "hex");
+}
 
 /** The entry of a key from the env lists: no name, the default limits, its own bucket. */
 export function anonymousEntry(digest: string, revoked: boolean, limits: Limits): KeyEntry {

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { anonymousEntry, configuredDigest, HASH_PREFIX, KEY_ID_PREFIX, KeyRing, keyDigest, keyIdOf, type KeyEntry } from "./auth.ts";
+import { configuredDigest, configuredDigestBytes, HASH_PREFIX, KEY_ID_PREFIX, KeyRing, keyDigest, keyIdOf } from "./auth.ts";
 import { metricLabelOf, parseClientsFileSliced, type ClientSpec } from "./clients.ts";
 import { readSnapshot, tornReason, unchanged, type FileSnapshot } from "./config-file.ts";
 import { TrustedProxies } from "./client-address.ts";
@@ -273,17 +273,13 @@ export function fingerprintOf(c: Config): string {
  */
 function* loadKeys(get: (name: VariableName) => string, clientsFile: string, rps: number, burst: number, errors: string[], warnings: string[]): Sliced<KeyRing> {
   const defaults = limitsOf(rps, burst);
-  const entries = new Map<string, KeyEntry>();
-  const allow = (digest: string, revoked: boolean) => {
-    const have = entries.get(digest);
-    if (have !== undefined) have.revoked ||= revoked;
-    else entries.set(digest, anonymousEntry(digest, revoked, defaults));
-  };
+  const keys = new KeyRing(defaults);
   let n = 0; // pause points in the loops over keys (hashing a plain key is the bulk of the work)
   for (const name of ["PAYFLUX_API_KEYS", "PAYFLUX_API_KEY"] as const) {
-    for (const entry of yield* keyList(name, get(name), errors)) {
-      allow(configuredDigest(entry)!, false);
-      if (++n % PAUSE_EVERY === 0) yield;
+    const list = yield* keyList(name, get(name), errors);
+    for (let i = 0; i < list.length; i += PAUSE_EVERY) {
+      addKeys(keys, list, i, Math.min(list.length, i + PAUSE_EVERY));
+      yield;
     }
   }
 
@@ -311,64 +307,49 @@ function* loadKeys(get: (name: VariableName) => string, clientsFile: string, rps
   // A named client replaces an env entry of the same key (it has a name and options); revocation stays.
   for (const [i, c] of clients.entries()) {
     if (++n % PAUSE_EVERY === 0) yield;
-    const envRevoked = entries.get(c.digest)?.revoked ?? false;
-    entries.set(c.digest, {
+    keys.name(Buffer.from(c.digest, "hex"), {
       digest: c.digest,
       keyId: keyIdOf(c.digest),
       client: c.name,
-      revoked: c.revoked || envRevoked,
+      revoked: c.revoked,
       notAfter: c.notAfter ?? Infinity,
       limits: c.rps === null && c.burst === null ? defaults : limitsOf(c.rps ?? rps, c.burst ?? burst),
       bucket: `client/${c.name}`,
       metricLabel: metricLabelOf(i, c.name),
     });
   }
-  const allowedCount = entries.size;
+  const allowedCount = keys.size;
 
   const revocations = yield* keyList("PAYFLUX_REVOKED_KEYS", get("PAYFLUX_REVOKED_KEYS"), errors);
   // key_id entries match the configured keys (not those only revoked): indexed once, not scanned per entry.
-  const byKeyId = new Map<string, string[]>();
-  if (revocations.some((entry) => entry.startsWith(KEY_ID_PREFIX))) {
-    for (const d of entries.keys()) {
-      const same = byKeyId.get(keyIdOf(d));
-      if (same === undefined) byKeyId.set(keyIdOf(d), [d]);
-      else same.push(d);
-      if (++n % PAUSE_EVERY === 0) yield;
-    }
-  }
+  const byKeyId = revocations.some((entry) => entry.startsWith(KEY_ID_PREFIX)) ? yield* keys.byKeyId() : new Map<number, number[]>();
   for (const entry of revocations) {
     if (++n % PAUSE_EVERY === 0) yield;
     if (!entry.startsWith(KEY_ID_PREFIX)) {
-      allow(configuredDigest(entry)!, true);
+      keys.add(configuredDigestBytes(entry)!, true);
       continue;
     }
     // A key_id is no secret (logs show it): messages may quote it.
     const id = entry.slice(KEY_ID_PREFIX.length).toLowerCase();
-    const matches = byKeyId.get(id) ?? [];
+    const matches = byKeyId.get(parseInt(id, 16)) ?? []; // 12 hex digits (checked by keyList): 48 bits, exact in a number
     if (matches.length > 1) {
       errors.push(`PAYFLUX_REVOKED_KEYS: ${KEY_ID_PREFIX}${id} matches ${matches.length} configured keys; revoke by the ${HASH_PREFIX} form instead`);
     } else if (matches.length === 0) {
       warnings.push(`PAYFLUX_REVOKED_KEYS: ${KEY_ID_PREFIX}${id} matches no configured key (such a key is refused as invalid_key anyway)`);
     } else {
-      entries.get(matches[0]!)!.revoked = true;
+      keys.revokeAt(matches[0]!);
     }
   }
 
-  const keys = new KeyRing(entries);
   if (allowedCount === 0 && errors.length === 0) {
     errors.push(
       "no API key is configured, so every request would be refused: set PAYFLUX_API_KEYS=<key>[,<key>...] or PAYFLUX_CLIENTS_FILE " +
         "(generate a key with `payflux keygen` or `openssl rand -hex 32`)",
     );
-  } else if (allowedCount > 0 && !someActive(entries.values())) {
+  } else if (allowedCount > 0 && !keys.someActive()) {
     warnings.push("every allowed key is also revoked: all ingest requests will be refused with revoked_key");
   }
   return keys;
-}
-
-function someActive(entries: Iterable<KeyEntry>): boolean {
-  for (const e of entries) if (!e.revoked) return true;
-  return false;
 }
 
 /** What every instance of one fleet must agree on: keys, revocations, limits, validation and dedup settings. */
@@ -407,8 +388,19 @@ function* keyList(name: string, raw: string, errors: string[]): Sliced<string[]>
   if (raw === "") return [];
   const keys: string[] = [];
   const parts = raw.split(",");
-  for (let i = 0; i < parts.length; i++) {
-    if (i % PAUSE_EVERY === PAUSE_EVERY - 1) yield;
+  for (let i = 0; i < parts.length; i += PAUSE_EVERY) {
+    checkKeys(name, parts, i, Math.min(parts.length, i + PAUSE_EVERY), keys, errors);
+    yield;
+  }
+  return keys;
+}
+
+/**
+ * keyList's work on parts[from, to) (in a plain function: JSC keeps a
+ * generator's locals in a heap object, which slows a loop inside one).
+ */
+function checkKeys(name: string, parts: string[], from: number, to: number, keys: string[], errors: string[]): void {
+  for (let i = from; i < to; i++) {
     const key = parts[i]!.trim();
     if (key === "") continue;
     if (!/^[\x21-\x7e]+$/.test(key)) {
@@ -432,7 +424,11 @@ function* keyList(name: string, raw: string, errors: string[]): Sliced<string[]>
     }
     keys.push(key);
   }
-  return keys;
+}
+
+/** Allows the keys list[from, to) (checked by keyList). */
+function addKeys(keys: KeyRing, list: string[], from: number, to: number): void {
+  for (let i = from; i < to; i++) keys.add(configuredDigestBytes(list[i]!)!, false);
 }
 
 function number(name: string, raw: string, range: { min: number; max: number }, errors: string[]): number {

@@ -1,4 +1,4 @@
-import { keyIdOf, type AuthResult, type DenialReason } from "./auth.ts";
+import { keyIdOfBytes, type AuthResult, type DenialReason } from "./auth.ts";
 import { authThrottled } from "./auth-throttle.ts";
 import { readBody } from "./body.ts";
 import type { Incoming, Reply } from "./exchange.ts";
@@ -79,7 +79,7 @@ function deny(gw: Gateway, config: Config, request: Incoming, route: IngestRoute
     `auth_${reason}`,
     () => ({
       reason,
-      key_id: auth.digest === null ? undefined : keyIdOf(auth.digest),
+      key_id: auth.presented === null ? undefined : keyIdOfBytes(auth.presented),
       client: auth.entry?.client ?? undefined,
       expired: auth.expired,
       client_ip: gw.clientAddress(request),

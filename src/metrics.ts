@@ -1,6 +1,6 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import { ALLOW, INGEST_ROUTES } from "./routes.ts";
-import { DENIAL_REASONS, type KeyCounts, type KeyRing } from "./auth.ts";
+import { DENIAL_REASONS, OTHER_CLIENT, type KeyCounts, type KeyRing } from "./auth.ts";
 import { keysFingerprintOf, type Config } from "./config.ts";
 import { RUNTIME, VERSION } from "./version.ts";
 
@@ -380,10 +380,13 @@ export function setClientSeries(m: Metrics, keys: KeyRing, perClient: boolean): 
   m.sources.keyCounts = () => keys.counts();
   m.clientKeyExpiry.reset();
   const labels = new Set<string>();
-  for (const e of keys.all()) {
-    if (e.client !== null && !e.revoked && Number.isFinite(e.notAfter)) m.clientKeyExpiry.set({ client: e.client }, e.notAfter / 1000);
+  const named = keys.named();
+  for (const e of named) {
+    if (!e.revoked && Number.isFinite(e.notAfter)) m.clientKeyExpiry.set({ client: e.client! }, e.notAfter / 1000);
     if (perClient) labels.add(e.metricLabel);
   }
+  if (perClient && keys.size > named.length) labels.add(OTHER_CLIENT); // keys from the env lists
+
   for (const id of [...m.clientCounters.keys()]) {
     const [client, outcome] = id.split(" ") as [string, ClientOutcome];
     if (!labels.has(client)) {

@@ -104,27 +104,28 @@ export function keyStates(c: KeyCounts): { active: number; revoked: number; expi
  */
 export function* keyChanges(prev: Config, next: Config): Sliced<KeyChanges> {
   const counts = { keys_added: 0, keys_removed: 0, keys_revoked: 0, keys_unrevoked: 0 };
-  const before = yield* prev.keys.inOrder();
-  const after = yield* next.keys.inOrder();
-  const [a, b] = [before.entries, after.entries];
+  const [a, b] = [prev.keys, next.keys];
+  const before = yield* a.inOrder();
+  const after = yield* b.inOrder();
+  const [m, n] = [before.order.length, after.order.length];
   let i = 0;
   let j = 0;
   let steps = 0;
-  while (i < a.length || j < b.length) {
-    // Which comes first: prev's key (< 0), next's (> 0), or the same key (0); digests compare as strings only on equal prefixes.
-    let order = i === a.length ? 1 : j === b.length ? -1 : before.prefixes[i]! - after.prefixes[j]!;
-    if (order === 0 && a[i]!.digest !== b[j]!.digest) order = a[i]!.digest < b[j]!.digest ? -1 : 1;
+  while (i < m || j < n) {
+    // Which comes first: prev's key (< 0), next's (> 0), or the same key (0); whole digests compare only on equal prefixes.
+    let order = i === m ? 1 : j === n ? -1 : before.prefixes[i]! - after.prefixes[j]!;
+    if (order === 0) order = a.compareAt(before.order[i]!, b, after.order[j]!);
     if (order < 0) {
       counts.keys_removed++;
       i++;
     } else if (order > 0) {
-      if (b[j]!.revoked) counts.keys_revoked++;
+      if (b.isRevokedAt(after.order[j]!)) counts.keys_revoked++;
       else counts.keys_added++;
       j++;
     } else {
-      const [was, now] = [a[i]!, b[j]!];
-      if (was.revoked && !now.revoked) counts.keys_unrevoked++;
-      else if (!was.revoked && now.revoked) counts.keys_revoked++;
+      const [was, now] = [a.isRevokedAt(before.order[i]!), b.isRevokedAt(after.order[j]!)];
+      if (was && !now) counts.keys_unrevoked++;
+      else if (!was && now) counts.keys_revoked++;
       i++;
       j++;
     }
