@@ -579,6 +579,15 @@ export interface IdChunk {
   count: number;
 }
 
+/** The ids of `lines` received since `since` into `chunk` (a plain function: a loop inside a generator runs slower on JSC). */
+function collectIds(lines: Uint8Array[], chunk: IdChunk, since: number, windowMs: number): void {
+  chunk.count = 0;
+  for (let i = 0; i < lines.length; i++) {
+    const receivedAt = storedId(lines[i]!, chunk.words, 4 * chunk.count);
+    if (receivedAt >= since) chunk.expiries[chunk.count++] = receivedAt + windowMs; // NaN (no id) never is
+  }
+}
+
 /**
  * Rebuilds the duplicate window from the event log at start-up (no snapshot,
  * e.g. after a crash), so that a restart does not let a retry through. Reads
@@ -607,11 +616,7 @@ export function* idsSince(log: EventLog, from: LogPosition, windowMs: number, no
     // No record but progress: a closed segment's torn tail, or a run of damaged lines, was passed.
     if (lines.length === 0 && next.segment === at.segment && next.offset === at.offset) return;
     if (lines.length > chunk.expiries.length) chunk = { words: new Uint32Array(4 * lines.length), expiries: new Float64Array(lines.length), count: 0 };
-    chunk.count = 0;
-    for (const line of lines) {
-      const receivedAt = storedId(line, chunk.words, 4 * chunk.count);
-      if (receivedAt >= since) chunk.expiries[chunk.count++] = receivedAt + windowMs; // NaN (no id) never is
-    }
+    collectIds(lines, chunk, since, windowMs);
     yield chunk;
     at = next;
   }

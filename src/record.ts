@@ -161,11 +161,12 @@ const ID_MEMBER = Buffer.from('"event_id":"');
  */
 export function storedId(line: Uint8Array, out: Uint32Array, at: number): number {
   const end = line.length - CRC_SUFFIX_BYTES; // where the record's closing brace was
-  const text = Buffer.from(line.buffer, line.byteOffset, end);
+  // The log's reads are Buffers already: no view to make per line (the crc suffix cannot hold the member searched for).
+  const text = Buffer.isBuffer(line) ? line : Buffer.from(line.buffer, line.byteOffset, line.length);
   const tail = end + 1 - TAIL_BYTES;
-  if (tail > 0 && TAIL.compare(text, tail, tail + 16) === 0) {
+  if (tail > 0 && startsAt(text, tail, TAIL)) {
     const first = text.indexOf(ID_MEMBER);
-    if (first >= 0 && text.indexOf(ID_MEMBER, first + 1) < 0) {
+    if (first >= 0 && first < end && text.indexOf(ID_MEMBER, first + 1) < 0) {
       const start = first + ID_MEMBER.length;
       const receivedAt = isoMs(text, tail + 16);
       if (text[start + 36] === 0x22 /* " */ && receivedAt === receivedAt) return uuidWordsAt(text, start, out, at) ? receivedAt : NaN;
@@ -173,7 +174,7 @@ export function storedId(line: Uint8Array, out: Uint32Array, at: number): number
   }
   let e: { event_id?: unknown; received_at?: unknown };
   try {
-    e = JSON.parse(`${text.toString("utf8")}}`);
+    e = JSON.parse(`${text.toString("utf8", 0, end)}}`);
   } catch {
     return NaN;
   }
@@ -181,20 +182,38 @@ export function storedId(line: Uint8Array, out: Uint32Array, at: number): number
   return typeof e.event_id === "string" && parseUuid(e.event_id, out, at) ? receivedAt : NaN;
 }
 
+/** Whether `b` holds `what` at `p` (a loop: the native compare costs more for 16 bytes). */
+function startsAt(b: Uint8Array, p: number, what: Uint8Array): boolean {
+  for (let i = 0; i < what.length; i++) if (b[p + i] !== what[i]) return false;
+  return true;
+}
+
+/** The decimal number of b[p, p + digits), or NaN. */
+function digitsAt(b: Uint8Array, p: number, digits: number): number {
+  let v = 0;
+  for (let i = p; i < p + digits; i++) {
+    const c = b[i]! - 48;
+    if (c < 0 || c > 9) return NaN;
+    v = v * 10 + c;
+  }
+  return v;
+}
+
+/** The last day isoMs met (a replay reads mostly one day's records): its first 10 bytes as a number, and its Date.UTC. */
+let lastDay = NaN;
+let lastDayMs = NaN;
+
 /** Milliseconds of the `YYYY-MM-DDTHH:MM:SS.mmmZ` (toISOString's form) at b[p..p + 24], or NaN. */
 function isoMs(b: Uint8Array, p: number): number {
-  const n = (from: number, digits: number) => {
-    let v = 0;
-    for (let i = from; i < from + digits; i++) {
-      const c = b[p + i]! - 48;
-      if (c < 0 || c > 9) return NaN;
-      v = v * 10 + c;
-    }
-    return v;
-  };
-  const sep = (i: number, c: string) => b[p + i] === c.charCodeAt(0);
-  if (!(sep(4, "-") && sep(7, "-") && sep(10, "T") && sep(13, ":") && sep(16, ":") && sep(19, ".") && sep(23, "Z"))) return NaN;
-  const year = n(0, 4);
+  if (b[p + 4] !== 0x2d || b[p + 7] !== 0x2d || b[p + 10] !== 0x54 || b[p + 13] !== 0x3a || b[p + 16] !== 0x3a || b[p + 19] !== 0x2e || b[p + 23] !== 0x5a) return NaN; // - - T : : . Z
+  const year = digitsAt(b, p, 4);
   if (year < 100) return NaN; // Date.UTC reads years 0-99 as 1900-1999: the caller parses those
-  return Date.UTC(year, n(5, 2) - 1, n(8, 2), n(11, 2), n(14, 2), n(17, 2), n(20, 3));
+  const month = digitsAt(b, p + 5, 2);
+  const day = digitsAt(b, p + 8, 2);
+  const key = year * 10000 + month * 100 + day;
+  if (key !== lastDay) {
+    lastDayMs = Date.UTC(year, month - 1, day); // out-of-range months and days roll over, as before
+    lastDay = key;
+  }
+  return lastDayMs + ((digitsAt(b, p + 11, 2) * 60 + digitsAt(b, p + 14, 2)) * 60 + digitsAt(b, p + 17, 2)) * 1000 + digitsAt(b, p + 20, 3);
 }

@@ -412,3 +412,13 @@ export async function startHttpsServer(host: string, port: number, handlers: Han
   const { server, listener } = await startOnNodeHttp(host, port, handlers, options, tls);
   return { ...server, setTls: (next) => (listener as TlsServer).setSecureContext(nodeTlsOptions(next)) };
 }
+
+/**
+ * A full collection now (Bun; a no-op elsewhere): after the start-up replay
+ * of the duplicate window, whose read buffers and line views are garbage that
+ * an idle server would otherwise hold (and keep resident) until its next
+ * collection.
+ */
+export function collectGarbage(): void {
+  (globalThis as { Bun?: { gc(force: boolean): void } }).Bun?.gc(true);
+}

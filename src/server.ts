@@ -13,7 +13,7 @@ import { createLogger, LogThrottle } from "./logger.ts";
 import { createMetrics } from "./metrics.ts";
 import { applyConfig, coalescedReloads, keyStates, logLimits, reloadConfig, reloadFailed } from "./reload.ts";
 import { SETTLE_MAX_MS, waitUntilQuiet } from "./config-file.ts";
-import { AddressInUseError, startHttpServer, startHttpsServer, type HttpServer, type HttpsServer, type ServerOptions } from "./runtime.ts";
+import { AddressInUseError, collectGarbage, startHttpServer, startHttpsServer, type HttpServer, type HttpsServer, type ServerOptions } from "./runtime.ts";
 import { EXIT } from "./exit-codes.ts";
 import { RUNTIME, VERSION } from "./version.ts";
 
@@ -117,6 +117,7 @@ export async function serve(configFile: string | undefined): Promise<void> {
   if (from === "snapshot") dedup.restore(idsSince(log, snapshot!.position, config.dedupWindowMs));
   else dedup.restore(idsFromLog(log, config.dedupWindowMs));
   const restored = { length: dedup.size, from };
+  collectGarbage(); // the replay's buffers and views, before the first request
   if (config.forwardRedisUrl !== null) {
     try {
       forwarder = Forwarder.open({
