@@ -103,7 +103,8 @@ const NAMED = 2;
 /** Where a presented digest is copied to be compared a word at a time (the same byte order as the ring's words). */
 const probe = new Uint8Array(DIGEST_BYTES);
 const probeWords = new Uint32Array(probe.buffer);
-const HEX_DIGITS = new TextEncoder().encode("0123456789abcdef");
+const UTF8 = new TextEncoder();
+const HEX_DIGITS = UTF8.encode("0123456789abcdef");
 
 /**
  * The configured keys, held as digests. A lookup hashes the presented token
@@ -143,29 +144,35 @@ export class KeyRing {
 
   /** Allows a key from the env lists (or revokes it: revocation wins and stays). */
   add(digest: Uint8Array, revoked: boolean): void {
+    this.building();
     let i = this.indexOf(digest);
     if (i < 0) i = this.append(digest);
     if (revoked) this.revokeAt(i);
   }
 
-  /** Makes the key a named client's (its name and options); a revocation from the env lists stays. */
-  name(digest: Uint8Array, entry: KeyEntry): void {
+  /** Makes the key a named client's (its name and options; revocations are applied after the clients). */
+  addClient(digest: Uint8Array, entry: KeyEntry): void {
+    this.building();
     let i = this.indexOf(digest);
     if (i < 0) i = this.append(digest);
-    if (this.flags[i]! & REVOKED) entry.revoked = true;
     this.flags[i] = (entry.revoked ? REVOKED : 0) | NAMED;
     this.entries.set(i, entry);
   }
 
   revokeAt(i: number): void {
+    this.building();
     this.flags[i]! |= REVOKED;
     const named = this.entries.get(i);
     if (named !== undefined) named.revoked = true;
   }
 
-  /** Positions of the keys by key_id (the first 48 bits of their digest, see keyIdNumber), for revocations that name one. */
-  *byKeyId(): Sliced<Map<number, number[]>> {
-    const index = new Map<number, number[]>();
+  /**
+   * The keys by key_id (their digest's first 48 bits as a number), for
+   * revocations that name one: a key's position, or minus the number of keys
+   * that share the key_id (no array per key).
+   */
+  *byKeyId(): Sliced<Map<number, number>> {
+    const index = new Map<number, number>();
     for (let i = 0; i < this.n; i += PAUSE_EVERY) {
       this.indexKeyIds(index, i, Math.min(this.n, i + PAUSE_EVERY));
       yield;
@@ -173,15 +180,19 @@ export class KeyRing {
     return index;
   }
 
-  private indexKeyIds(index: Map<number, number[]>, from: number, to: number): void {
+  private indexKeyIds(index: Map<number, number>, from: number, to: number): void {
     const b = this.bytes;
     for (let i = from; i < to; i++) {
       const o = i * DIGEST_BYTES;
       const id = (b[o]! * 0x1000000 + b[o + 1]! * 0x10000 + b[o + 2]! * 0x100 + b[o + 3]!) * 0x10000 + b[o + 4]! * 0x100 + b[o + 5]!;
-      const same = index.get(id);
-      if (same === undefined) index.set(id, [i]);
-      else same.push(i);
+      const seen = index.get(id);
+      index.set(id, seen === undefined ? i : seen >= 0 ? -2 : seen - 1);
     }
+  }
+
+  /** Loading is over once anything is derived from the ring (its order, content digest or live buckets are kept). */
+  private building(): void {
+    if (this.ordered !== null || this.clientBuckets !== null) throw new Error("the key ring is not changed once read");
   }
 
   /** Whether some key is allowed and not revoked. */
@@ -255,11 +266,10 @@ export class KeyRing {
     return list;
   }
 
-  /** The entry of a digest (hex), if configured. */
+  /** The entry of a digest (64 lowercase hex digits, as keyDigest writes it), if configured. */
   get(digest: string): KeyEntry | undefined {
-    const bytes = Buffer.from(digest, "hex");
-    if (bytes.length !== DIGEST_BYTES) return undefined;
-    const i = this.indexOf(bytes);
+    if (!/^[0-9a-f]{64}$/.test(digest)) return undefined;
+    const i = this.indexOf(Buffer.from(digest, "hex"));
     return i < 0 ? undefined : this.entryAt(i);
   }
 
@@ -282,12 +292,18 @@ export class KeyRing {
   hasLiveBucket(bucket: string): boolean {
     const e = this.get(bucket); // an env key's bucket is its digest
     if (e !== undefined && e.bucket === bucket) return !e.revoked;
-    return (this.clientBuckets ??= new Set(this.named().filter((c) => !c.revoked).map((c) => c.bucket))).has(bucket);
+    return (this.clientBuckets ??= this.liveClientBuckets()).has(bucket);
   }
 
   /** Computes what a reload needs of the ring in advance, in slices (see runSliced). */
   *prepare(): Sliced<void> {
     this.canonical ??= yield* this.hashContent();
+    this.clientBuckets ??= this.liveClientBuckets(); // O(named clients)
+  }
+
+  /** Buckets of named clients that are not revoked. */
+  private liveClientBuckets(): Set<string> {
+    return new Set(this.named().filter((c) => !c.revoked).map((c) => c.bucket));
   }
 
   /** The positions in digest order (kept for the next reload's diff, see keyChanges). */
@@ -312,31 +328,45 @@ export class KeyRing {
   private *hashContent(): Sliced<string> {
     const { order } = yield* this.inOrder();
     const sha = createHash("sha256");
-    const lines = new ContentLines(this.defaults);
+    const { rps, burst } = this.defaults;
+    // An env key's line end is one of two (not revoked, revoked); a named client's is its own.
+    const out = { buf: new Uint8Array(PAUSE_EVERY * 96), plain: [UTF8.encode(`  0 Infinity ${rps} ${burst}\n`), UTF8.encode(`  1 Infinity ${rps} ${burst}\n`)] };
     for (let k = 0; k < order.length; k += PAUSE_EVERY) {
-      sha.update(lines.write(this, order.subarray(k, k + PAUSE_EVERY)));
+      sha.update(this.contentLines(order.subarray(k, k + PAUSE_EVERY), out));
       yield;
     }
     return sha.digest("hex");
   }
 
-  /** The bytes of the digest at `i`, as lowercase hex, into `out` at `o`; returns the end. */
-  hexInto(i: number, out: Uint8Array, o: number): number {
+  /**
+   * The content digest's lines of the keys at `positions`, written into one
+   * reused buffer (a plain method, not inside the slicing generator: JSC
+   * keeps a generator's locals in a heap object, which makes a byte loop
+   * inside one several times slower).
+   */
+  private contentLines(positions: Int32Array, out: { buf: Uint8Array; plain: Uint8Array[] }): Uint8Array {
     const b = this.bytes;
-    for (let x = i * DIGEST_BYTES, end = x + DIGEST_BYTES; x < end; x++) {
-      const v = b[x]!;
-      out[o++] = HEX_DIGITS[v >> 4]!;
-      out[o++] = HEX_DIGITS[v & 15]!;
+    let o = 0;
+    for (let k = 0; k < positions.length; k++) {
+      const i = positions[k]!;
+      const f = this.flags[i]!;
+      let end = out.plain[f & REVOKED]!;
+      if (f & NAMED) {
+        const e = this.entries.get(i)!;
+        end = UTF8.encode(` ${e.client ?? ""} ${e.revoked ? 1 : 0} ${e.notAfter} ${e.limits.rps} ${e.limits.burst}\n`);
+      }
+      if (o + 2 * DIGEST_BYTES + end.length > out.buf.length) {
+        const bigger = new Uint8Array(2 * (out.buf.length + end.length));
+        bigger.set(out.buf.subarray(0, o));
+        out.buf = bigger;
+      }
+      for (let x = i * DIGEST_BYTES, stop = x + DIGEST_BYTES; x < stop; x++) {
+        out.buf[o++] = HEX_DIGITS[b[x]! >> 4]!;
+        out.buf[o++] = HEX_DIGITS[b[x]! & 15]!;
+      }
+      for (let t = 0; t < end.length; t++) out.buf[o++] = end[t]!;
     }
-    return o;
-  }
-
-  /** The line end of the key at `i` in the content digest (see contentDigest). */
-  lineEnd(i: number, plain: readonly Uint8Array[]): Uint8Array {
-    const f = this.flags[i]!;
-    if (!(f & NAMED)) return plain[f & REVOKED]!;
-    const e = this.entries.get(i)!;
-    return new TextEncoder().encode(` ${e.client ?? ""} ${e.revoked ? 1 : 0} ${e.notAfter} ${e.limits.rps} ${e.limits.burst}\n`);
+    return out.buf.subarray(0, o);
   }
 
   /** A digest's first 7 hex digits as a number (its first 28 bits): digests with smaller prefixes sort first. */
@@ -376,7 +406,7 @@ export class KeyRing {
     return { order, prefixes };
   }
 
-  /** Each digest's prefix with its position below it (the work of sortByDigest's slices is in plain methods: see ContentLines). */
+  /** Each digest's prefix with its position below it (the work of sortByDigest's slices is in plain methods: see contentLines). */
   private packPrefixes(packed: Float64Array, from: number, to: number): void {
     for (let i = from; i < to; i++) packed[i] = this.prefixAt(i) * INDEX_SPAN + i;
   }
@@ -431,41 +461,8 @@ export class KeyRing {
   }
 }
 
-/**
- * Writes the content digest's lines of a run of keys into one reused buffer
- * (a plain function, not the slicing generator: JSC keeps a generator's
- * locals in a heap object, which makes a byte loop inside one several times
- * slower).
- */
-class ContentLines {
-  private buf = new Uint8Array(PAUSE_EVERY * 96);
-  /** An env key's line end is one of two: not revoked, revoked. */
-  private readonly plain: Uint8Array[];
-
-  constructor(defaults: Limits) {
-    const { rps, burst } = defaults;
-    this.plain = [new TextEncoder().encode(`  0 Infinity ${rps} ${burst}\n`), new TextEncoder().encode(`  1 Infinity ${rps} ${burst}\n`)];
-  }
-
-  write(ring: KeyRing, positions: Int32Array): Uint8Array {
-    let o = 0;
-    for (let k = 0; k < positions.length; k++) {
-      const i = positions[k]!;
-      const end = ring.lineEnd(i, this.plain);
-      if (o + 2 * DIGEST_BYTES + end.length > this.buf.length) {
-        const bigger = new Uint8Array(2 * (this.buf.length + end.length));
-        bigger.set(this.buf.subarray(0, o));
-        this.buf = bigger;
-      }
-      o = ring.hexInto(i, this.buf, o);
-      for (let t = 0; t < end.length; t++) this.buf[o++] = end[t]!;
-    }
-    return this.buf.subarray(0, o);
-  }
-}
-
 /** A ring's positions in digest order, with each digest's first 28 bits to compare them cheaply. */
-export interface DigestOrder {
+interface DigestOrder {
   order: Int32Array;
   prefixes: Uint32Array;
 }
@@ -481,7 +478,7 @@ export function configuredDigestBytes(entry: string): Uint8Array | null {
 }
 
 /** The entry of a key from the env lists: no name, the default limits, its own bucket. */
-export function anonymousEntry(digest: string, revoked: boolean, limits: Limits): KeyEntry {
+function anonymousEntry(digest: string, revoked: boolean, limits: Limits): KeyEntry {
   return { digest, keyId: keyIdOf(digest), client: null, revoked, notAfter: Infinity, limits, bucket: digest, metricLabel: OTHER_CLIENT };
 }
 

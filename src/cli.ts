@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { EXPIRING_SOON_MS, HASH_PREFIX, KEY_ID_PREFIX, keyDigest, keyIdOf, type KeyEntry } from "./auth.ts";
+import { EXPIRING_SOON_MS, HASH_PREFIX, KEY_ID_PREFIX, keyDigest, keyIdOf, type KeyEntry, type KeyRing } from "./auth.ts";
 import { nameProblem } from "./clients.ts";
 import { loadConfig, MIN_KEY_LENGTH, redactUrl } from "./config.ts";
 import { waitUntilQuiet } from "./config-file.ts";
@@ -90,7 +90,7 @@ async function checkConfig(configFile: string | undefined): Promise<void> {
   console.log(
     [
       `config OK (${c.source})`,
-      ...keySummary(c.keys.all(), c.clientsFile),
+      ...keySummary(c.keys, c.clientsFile),
       `  listen:       ${c.host}:${c.port} (${c.tls === null ? "HTTP" : "HTTPS only"})`,
       `  tls:          ${c.tls === null ? "off" : `${c.tls.certFile}: ${describeCert(c.tls)}`}`,
       `  data dir:     ${c.dataDir}`,
@@ -161,13 +161,12 @@ async function hashKey(): Promise<void> {
 }
 
 /** check-config's key lines: counts by state, then each named client with its state and options (never a secret). */
-function keySummary(entries: KeyEntry[], clientsFile: string | null, now = Date.now()): string[] {
+function keySummary(keys: KeyRing, clientsFile: string | null, now = Date.now()): string[] {
   const state = (e: KeyEntry) => (e.revoked ? "revoked" : now >= e.notAfter ? "expired" : e.notAfter - now <= EXPIRING_SOON_MS ? "expiring" : "active");
-  const n = { active: 0, revoked: 0, expired: 0, expiring: 0 };
-  for (const e of entries) n[state(e)]++;
-  const clients = entries.filter((e) => e.client !== null);
+  const n = keys.counts(now);
+  const clients = keys.named();
   const lines = [
-    `  keys:         ${n.active + n.expiring} active, ${n.revoked} revoked, ${n.expired} expired, ${n.expiring} expiring within 7 days`,
+    `  keys:         ${n.active} active, ${n.revoked} revoked, ${n.expired} expired, ${n.expiringSoon} expiring within 7 days`,
   ];
   if (clientsFile !== null) lines.push(`  clients:      ${clients.length} named in ${clientsFile}`);
   const width = Math.max(0, ...clients.map((e) => e.client!.length));

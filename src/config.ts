@@ -274,7 +274,7 @@ export function fingerprintOf(c: Config): string {
 function* loadKeys(get: (name: VariableName) => string, clientsFile: string, rps: number, burst: number, errors: string[], warnings: string[]): Sliced<KeyRing> {
   const defaults = limitsOf(rps, burst);
   const keys = new KeyRing(defaults);
-  let n = 0; // pause points in the loops over keys (hashing a plain key is the bulk of the work)
+  let n = 0; // pause points in the loops over clients and revocations
   for (const name of ["PAYFLUX_API_KEYS", "PAYFLUX_API_KEY"] as const) {
     const list = yield* keyList(name, get(name), errors);
     for (let i = 0; i < list.length; i += PAUSE_EVERY) {
@@ -307,7 +307,7 @@ function* loadKeys(get: (name: VariableName) => string, clientsFile: string, rps
   // A named client replaces an env entry of the same key (it has a name and options); revocation stays.
   for (const [i, c] of clients.entries()) {
     if (++n % PAUSE_EVERY === 0) yield;
-    keys.name(Buffer.from(c.digest, "hex"), {
+    keys.addClient(Buffer.from(c.digest, "hex"), {
       digest: c.digest,
       keyId: keyIdOf(c.digest),
       client: c.name,
@@ -322,7 +322,7 @@ function* loadKeys(get: (name: VariableName) => string, clientsFile: string, rps
 
   const revocations = yield* keyList("PAYFLUX_REVOKED_KEYS", get("PAYFLUX_REVOKED_KEYS"), errors);
   // key_id entries match the configured keys (not those only revoked): indexed once, not scanned per entry.
-  const byKeyId = revocations.some((entry) => entry.startsWith(KEY_ID_PREFIX)) ? yield* keys.byKeyId() : new Map<number, number[]>();
+  const byKeyId = revocations.some((entry) => entry.startsWith(KEY_ID_PREFIX)) ? yield* keys.byKeyId() : new Map<number, number>();
   for (const entry of revocations) {
     if (++n % PAUSE_EVERY === 0) yield;
     if (!entry.startsWith(KEY_ID_PREFIX)) {
@@ -331,13 +331,13 @@ function* loadKeys(get: (name: VariableName) => string, clientsFile: string, rps
     }
     // A key_id is no secret (logs show it): messages may quote it.
     const id = entry.slice(KEY_ID_PREFIX.length).toLowerCase();
-    const matches = byKeyId.get(parseInt(id, 16)) ?? []; // 12 hex digits (checked by keyList): 48 bits, exact in a number
-    if (matches.length > 1) {
-      errors.push(`PAYFLUX_REVOKED_KEYS: ${KEY_ID_PREFIX}${id} matches ${matches.length} configured keys; revoke by the ${HASH_PREFIX} form instead`);
-    } else if (matches.length === 0) {
+    const match = byKeyId.get(parseInt(id, 16)); // 12 hex digits (checked by keyList): 48 bits, exact in a number
+    if (match !== undefined && match < 0) {
+      errors.push(`PAYFLUX_REVOKED_KEYS: ${KEY_ID_PREFIX}${id} matches ${-match} configured keys; revoke by the ${HASH_PREFIX} form instead`);
+    } else if (match === undefined) {
       warnings.push(`PAYFLUX_REVOKED_KEYS: ${KEY_ID_PREFIX}${id} matches no configured key (such a key is refused as invalid_key anyway)`);
     } else {
-      keys.revokeAt(matches[0]!);
+      keys.revokeAt(match);
     }
   }
 

@@ -381,11 +381,11 @@ export function setClientSeries(m: Metrics, keys: KeyRing, perClient: boolean): 
   m.clientKeyExpiry.reset();
   const labels = new Set<string>();
   const named = keys.named();
+  if (perClient && keys.size > named.length) labels.add(OTHER_CLIENT); // keys from the env lists
   for (const e of named) {
     if (!e.revoked && Number.isFinite(e.notAfter)) m.clientKeyExpiry.set({ client: e.client! }, e.notAfter / 1000);
     if (perClient) labels.add(e.metricLabel);
   }
-  if (perClient && keys.size > named.length) labels.add(OTHER_CLIENT); // keys from the env lists
 
   for (const id of [...m.clientCounters.keys()]) {
     const [client, outcome] = id.split(" ") as [string, ClientOutcome];

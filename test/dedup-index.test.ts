@@ -185,15 +185,20 @@ describe("reading an id back out of a stored record", () => {
     const late = ',"received_at":"2031-02-28T23:59:59.999Z","key_id":"0123456789ab"}';
     expect(read(`{"event_id":"${ID}"${late}`)).toEqual(want(ID, Date.parse("2031-02-28T23:59:59.999Z")));
   });
-  test("received_at read by digits agrees with Date.parse over 3,000 records of mixed days (the day kept from one record to the next included)", () => {
-    const day = 86_400_000;
-    const days = Array.from({ length: 40 }, () => Math.floor(Math.random() * 60_000) * day - 20_000 * day); // 1915-2079, leap days included
-    days.push(Date.UTC(2028, 1, 29), Date.UTC(2100, 1, 28), Date.UTC(2000, 1, 29));
-    for (let i = 0; i < 3000; i++) {
-      // Runs of one day, and jumps between days.
-      const ms = days[i % 7 === 0 ? Math.floor(Math.random() * days.length) : Math.floor(i / 100) % days.length]! + Math.floor(Math.random() * day);
-      const iso = new Date(ms).toISOString();
-      expect(read(`{"event_id":"${ID}","received_at":"${iso}","key_id":"0123456789ab"}`)).toEqual(want(ID, ms));
+  test("received_at read by digits agrees with Date.parse from record to record (the day kept from the last one: day, month and year changes, leap days, a bad date between)", () => {
+    const line = (iso: string) => `{"event_id":"${ID}","received_at":"${iso}","key_id":"0123456789ab"}`;
+    // Each step changes one part of the date (or none): a cache keyed on less than the whole date answers one of them wrongly.
+    const sequence = [
+      "2028-02-28T10:00:00.000Z", "2028-02-29T10:00:00.000Z", "2028-03-01T10:00:00.000Z", "2029-03-01T10:00:00.000Z",
+      "2028-03-01T10:00:00.000Z", "2028-04-01T10:00:00.000Z", "2028-04-11T10:00:00.000Z", "2028-11-01T10:00:00.000Z",
+      "2128-11-01T10:00:00.000Z", "2128-11-01T23:59:59.999Z", "2000-02-29T00:00:00.000Z", "2000-02-29T00:00:00.001Z",
+    ];
+    let seed = 1;
+    const random = () => ((seed = (Math.imul(seed, 48271) >>> 0) % 2147483647) / 2147483647); // reproducible
+    for (let i = 0; i < 2000; i++) sequence.push(new Date(Math.floor(random() * 4e12) + (i % 3 === 0 ? 0 : 86_400_000 * Math.floor(random() * 3))).toISOString());
+    for (const [i, iso] of sequence.entries()) {
+      if (i % 50 === 7) expect(read(line("2028-13-01T10:00:00.000Z"))).toEqual(want(ID, Date.UTC(2028, 12, 1, 10))); // a month out of range rolls over, as Date.UTC does
+      expect(read(line(iso))).toEqual(want(ID, Date.parse(iso)));
     }
   });
   test("a nested event_id never passes for the event's own, wherever it sits", () => {

@@ -144,6 +144,10 @@ describe("the key ring", () => {
     const nRevoked = revoked.size + 75;
     expect(ring.counts()).toEqual({ active: ring.size - nRevoked, revoked: nRevoked, expired: 0, expiringSoon: 0 });
     expect(new Set(ring.all().map((e) => e.digest)).size).toBe(ring.size);
+    // Digests are looked up as keyDigest writes them; a loaded ring (its order and content digest taken) is not changed again.
+    expect(ring.get(crafted[0]!.toUpperCase())).toBeUndefined();
+    expect(ring.get(`${crafted[0]}0`)).toBeUndefined();
+    expect(() => ring.add(new Uint8Array(32), false)).toThrow("not changed once read");
   });
 
   test("a ring of 100,000 keys takes a few MB (digests in typed arrays: no object or string per key until one is used)", () => {
