@@ -12,7 +12,7 @@ export type Sliced<T> = Generator<void, T, void>;
 export const PAUSE_EVERY = 1024;
 
 /** Longest stretch a sliced run keeps the event loop before letting other callbacks run. */
-export const SLICE_MS = 8;
+export const SLICE_MS = 5;
 
 /** Runs the work to its end without pausing. */
 export function runSync<T>(work: Sliced<T>): T {
