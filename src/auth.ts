@@ -254,7 +254,7 @@ export class KeyRing {
     return e;
   }
 
-  /** Every entry (O(keys) objects: for check-config and tests, never per request or reload). */
+  /** Every entry (O(keys) objects, kept: for tests and tools, never per request, reload or scrape). */
   all(): KeyEntry[] {
     return Array.from({ length: this.n }, (_, i) => this.entryAt(i));
   }

@@ -301,19 +301,9 @@ export class IdTable {
       count,
       chunks: function* () {
         const out = new Uint32Array(blocksPerChunk * BLOCK * 5);
-        for (let r = 0; r < count; ) {
+        for (let r = 0; r < count; r += blocksPerChunk * BLOCK) {
           const n = Math.min(count - r, blocksPerChunk * BLOCK);
-          for (let k = 0; k < n; k++, r++) {
-            const p = first + r;
-            const block = p >>> BLOCK_BITS;
-            const at = p & (BLOCK - 1);
-            const from = ids[block]!;
-            out[k * 5] = from[at * 4]!;
-            out[k * 5 + 1] = from[at * 4 + 1]!;
-            out[k * 5 + 2] = from[at * 4 + 2]!;
-            out[k * 5 + 3] = from[at * 4 + 3]!;
-            out[k * 5 + 4] = expiries[block]![at]!;
-          }
+          copyEntries(ids, expiries, first + r, n, out);
           yield out.subarray(0, n * 5);
         }
       },
@@ -558,6 +548,24 @@ class InflightIds {
 /** Backward-shift deletion: the entry at j, whose home is k, may not move into the hole when k lies cyclically in (hole, j]. */
 function staysPut(hole: number, j: number, k: number): boolean {
   return hole <= j ? hole < k && k <= j : hole < k || k <= j;
+}
+
+/**
+ * Ring entries [from, from + n) into `out`, 5 words each (frozen's chunks; a
+ * plain function: a loop inside a generator runs slower on JSC).
+ */
+function copyEntries(ids: Uint32Array[], expiries: Uint32Array[], from: number, n: number, out: Uint32Array): void {
+  for (let k = 0; k < n; k++) {
+    const p = from + k;
+    const block = p >>> BLOCK_BITS;
+    const at = p & (BLOCK - 1);
+    const src = ids[block]!;
+    out[k * 5] = src[at * 4]!;
+    out[k * 5 + 1] = src[at * 4 + 1]!;
+    out[k * 5 + 2] = src[at * 4 + 2]!;
+    out[k * 5 + 3] = src[at * 4 + 3]!;
+    out[k * 5 + 4] = expiries[block]![at]!;
+  }
 }
 
 /** A 32-bit hash of a 128-bit id, never 0 (IdTable's mark of an empty slot). */
