@@ -386,7 +386,6 @@ export function setClientSeries(m: Metrics, keys: KeyRing, perClient: boolean): 
     if (!e.revoked && Number.isFinite(e.notAfter)) m.clientKeyExpiry.set({ client: e.client! }, e.notAfter / 1000);
     if (perClient) labels.add(e.metricLabel);
   }
-
   for (const id of [...m.clientCounters.keys()]) {
     const [client, outcome] = id.split(" ") as [string, ClientOutcome];
     if (!labels.has(client)) {

@@ -199,7 +199,7 @@ function digitsAt(b: Uint8Array, p: number, digits: number): number {
   return v;
 }
 
-/** The last day isoMs met (a replay reads mostly one day's records): its first 10 bytes as a number, and its Date.UTC. */
+/** The last day isoMs met (a replay reads mostly one day's records): yyyymmdd as a number, and its Date.UTC. */
 let lastDay = NaN;
 let lastDayMs = NaN;
 
