@@ -38,19 +38,25 @@ interface Pair {
   notAfter: number;
 }
 
-/** A test CA and leaf certificates it signs (EC P-256, SANs localhost and 127.0.0.1). */
+/**
+ * A test CA and leaf certificates it signs (EC P-256, SANs localhost and
+ * 127.0.0.1). Each leaf gets its own serial: leaves are made concurrently,
+ * and `-CAcreateserial` has them race on one serial file (a CI run failed
+ * with "Unable to load number from ca.srl").
+ */
 async function makeCa(dir: string) {
   const caKey = join(dir, "ca.key");
   const ca = join(dir, "ca.pem");
   await openssl(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", caKey, "-out", ca, "-days", "30", "-subj", "/CN=PayFlux Test CA"]);
   const ext = join(dir, "ext.cnf");
   writeFileSync(ext, "subjectAltName=DNS:localhost,IP:127.0.0.1\n");
+  let serial = 0;
   const leaf = async (name: string, days: number): Promise<Pair> => {
     const key = join(dir, `${name}.key`);
     const csr = join(dir, `${name}.csr`);
     const cert = join(dir, `${name}.pem`);
     await openssl(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", csr, "-subj", `/CN=${name}`]);
-    await openssl(["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", caKey, "-CAcreateserial", "-out", cert, "-days", String(days), "-extfile", ext]);
+    await openssl(["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", caKey, "-set_serial", String(++serial), "-out", cert, "-days", String(days), "-extfile", ext]);
     const end = (await openssl(["x509", "-in", cert, "-noout", "-enddate"])).trim().replace("notAfter=", "");
     return { cert, key, notAfter: Date.parse(end) / 1000 };
   };
