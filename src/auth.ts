@@ -120,7 +120,7 @@ const HEX_DIGITS = UTF8.encode("0123456789abcdef");
  * and Map entries to build on every reload. An entry object is made for a
  * key the first time it is used (named clients' at loading).
  *
- * Built by the config loader (add, name, revokeAt), then never changed.
+ * Built by the config loader (add, addClient, revokeAt), then never changed.
  */
 export class KeyRing {
   private n = 0;

@@ -122,7 +122,7 @@ export function isIntactLine(line: Uint8Array): boolean {
   const n = line.length;
   if (n <= CRC_SUFFIX_BYTES + 1 || line[n - 1] !== 0x7d /* } */ || line[n - 2] !== 0x22 /* " */) return false;
   const p = n - CRC_SUFFIX_BYTES;
-  for (let i = 0; i < 8; i++) if (line[p + i] !== CRC_PREFIX[i]) return false;
+  if (!startsAt(line, p, CRC_PREFIX)) return false;
   let crc = 0;
   for (let i = p + 8; i < p + 16; i++) {
     const c = line[i]!;
